@@ -1,0 +1,46 @@
+# Two commands set everything up on a fresh machine (see README.md):
+#   make demo   creates .venv, installs CarbonCP with every extra, runs the one-machine demo
+#   make test   the same set-up, then lint + the whole test suite (what CI runs)
+PY ?= python3
+VENV ?= .venv
+TFLITE_VENV ?= .venv-tflite
+BIN := $(VENV)/bin
+# torch==2.13.0 sits on the same pip line as everything that needs torch, or pip may reach
+# for a multi-GB CUDA build (CONVENTIONS.md, dependency facts).
+PIP_ALL := torch==2.13.0 -e .[all]
+
+.PHONY: demo test lint test-py test-tflite-runtime bench clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install $(PIP_ALL)
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/carboncp demo
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test-py: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+# tflite-runtime 2.14.0 needs numpy<2, so it cannot share the main venv (CONVENTIONS.md):
+# the LiteRT-runner tests run again in their own small venv, against a bundle the main venv exports.
+$(TFLITE_VENV)/.installed: pyproject.toml
+	test -x $(TFLITE_VENV)/bin/python || $(PY) -m venv $(TFLITE_VENV)
+	$(TFLITE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TFLITE_VENV)/bin/python -m pip install "tflite-runtime==2.14.0" "numpy<2" pytest pytest-timeout -e .
+	touch $@
+
+test-tflite-runtime: $(BIN)/.installed $(TFLITE_VENV)/.installed
+	$(BIN)/python -m tests.tiny_bundle .cache/tiny-bundle
+	CARBONCP_TEST_BUNDLE=.cache/tiny-bundle CARBONCP_REQUIRE_TFLITE_RUNTIME=1 \
+		$(TFLITE_VENV)/bin/python -m pytest -p no:cacheprovider tests/runtime/test_litert_runner.py
+
+test: lint test-py test-tflite-runtime
+
+clean:
+	rm -rf $(VENV) $(TFLITE_VENV) .cache build *.egg-info

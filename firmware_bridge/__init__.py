@@ -1,0 +1,3 @@
+"""INA219 power monitor on a microcontroller and its host-side serial protocol.
+
+Imports neither the tooling nor the runtime."""

@@ -1,0 +1,1 @@
+"""CarbonCP offline tooling: export, profiling, Q_theta, conformal calibration, evaluation."""
