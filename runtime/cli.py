@@ -32,6 +32,10 @@ def _load(name: str, target: str) -> ModuleType:
     try:
         return importlib.import_module(target)
     except ImportError as exc:
+        if (exc.name or "").startswith("carboncp"):
+            raise CarbonCPError(
+                f"'carboncp {name}': module {exc.name} is missing from this install"
+            ) from exc
         extra = next((x for p, x in _EXTRA_FOR_PACKAGE.items() if target.startswith(p)), "all")
         raise CarbonCPError(
             f"'carboncp {name}' needs a package that is not installed ({exc.name or exc}); "
@@ -67,8 +71,10 @@ def _summary(name: str, target: str) -> str:
     # Import only for the top-level help listing; a missing extra shows in the summary.
     try:
         return importlib.import_module(target).HELP
-    except ImportError:
-        return "(not installed: needs an extra, see 'pip install carboncp[all]')"
+    except ImportError as exc:
+        if (exc.name or "").startswith("carboncp"):
+            return "(missing from this install)"
+        return f"(needs {exc.name}: pip install 'carboncp[all]')"
     except Exception:
         return ""
 
