@@ -1,0 +1,274 @@
+"""Per-inference cost of every partition, and the objective J (METHOD.md §3-4; docs/COSTS.md).
+
+Two paths compute the same numbers: `CostModel.evaluate` (numpy, many contexts at once: the
+replay, labels, evaluation) and `CostModel.row_objective` (pure Python, one context: the
+device's mode A calls it per inference). Tests check that they agree.
+
+Units: ms for times, mW for power (mW * ms = uJ), J, gCO2eq, percent of battery.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import numpy as np
+from carboncp.runtime.context import CONTEXT_FIELDS
+from carboncp.runtime.objective import Objective
+from carboncp.runtime.profile import Profile
+
+J_PER_KWH = 3.6e6
+_B, _RTT, _U, _V, _ID, _IS, _BAT = range(7)
+assert CONTEXT_FIELDS[_B] == "bandwidth_mbps" and CONTEXT_FIELDS[_BAT] == "battery_pct"
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Costs of every partition for N contexts; each array is (N, P+1)."""
+
+    latency_ms: np.ndarray
+    device_energy_j: np.ndarray
+    server_energy_j: np.ndarray
+    network_energy_j: np.ndarray
+    carbon_g: np.ndarray
+    battery_pct: np.ndarray
+    objective: np.ndarray  # J
+    fallback: np.ndarray  # bool: transfer abandoned at the deadline, device completed locally
+
+    def __len__(self) -> int:
+        return self.latency_ms.shape[0]
+
+    def take(self, idx: np.ndarray) -> Costs:
+        """The rows idx (an index or mask array)."""
+        return Costs(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Local-only (p = P) costs at the objective's reference context: J's normalisers."""
+
+    carbon_g: float
+    latency_ms: float
+    battery_pct: float
+
+
+class CostModel:
+    """METHOD §3-4 for one profile and one objective.
+
+    Transfer of partition p < P over bandwidth B (Mbit/s): upload 8*D_p/B, RTT, the tail
+    T_s = tau_s(p)*g_s(v) on the server, the result's return 8*R_p/B. The round from the start
+    of the upload to the result back, T_off = up + RTT + T_s + ret, must finish within the
+    deadline; otherwise the transfer is abandoned at the deadline (or after early_abandon_ms
+    when set: the device sees from the bytes sent that it cannot finish) and the device runs
+    the rest of the model itself: latency T_d(p) + wasted + (tau_d(P) - tau_d(p))*g_d(u).
+    B = 0 (an outage) always falls back.
+    """
+
+    def __init__(self, profile: Profile, objective: Objective) -> None:
+        self.profile = profile
+        self.objective = objective
+        pr, ob = profile, objective
+        self.P = pr.last
+        self.tau_d = pr.device_ms.copy()
+        self.tau_s = pr.server_ms.copy()
+        self.tau_s[self.P] = 0.0
+        self.up_k = 8e-3 * pr.wire_bytes  # ms * Mbit/s: upload time = up_k / B
+        self.ret_k = 8e-3 * pr.return_bytes
+        self.up_k[self.P] = 0.0
+        self.ret_k[self.P] = 0.0
+        self.rest = np.maximum(self.tau_d[self.P] - self.tau_d, 0.0)  # local completion
+        self.p_act = float(pr.p_active_mw)
+        self.p_idle = float(pr.p_idle_mw)
+        self.p_srv = float(
+            ob.server_marginal_mw if ob.server_marginal_mw is not None else pr.server_p_marginal_mw
+        )
+        self.radio_a, self.radio_b = ob.radio_coefficients
+        self.radio_cap = float(ob.radio_cap_mbps)
+        self.deadline = ob.effective_deadline_ms
+        self.wasted = min(self.deadline, ob.early_abandon_ms or self.deadline)
+        self.slo = ob.slo_ms
+        self.e_net = float(ob.e_net_j_per_bit)
+        self.fixed_id = ob.device_fixed_gco2_per_kwh if ob.device_carbon == "fixed" else None
+        self.soc_k = 100.0 / (3600.0 * pr.battery_wh)  # percent per J
+        self._ref = self._reference()
+        self.wc = ob.w_carbon / self._ref.carbon_g if self._ref.carbon_g > 0 else 0.0
+        self.wt = ob.w_latency / self._ref.latency_ms if self._ref.latency_ms > 0 else 0.0
+        self.wb = ob.w_battery / self._ref.battery_pct if self._ref.battery_pct > 0 else 0.0
+        # Plain lists for the scalar path.
+        self._l_tau_d = [float(v) for v in self.tau_d]
+        self._l_tau_s = [float(v) for v in self.tau_s]
+        self._l_up = [float(v) for v in self.up_k]
+        self._l_ret = [float(v) for v in self.ret_k]
+        self._l_rest = [float(v) for v in self.rest]
+        self._l_bits = [8.0 * float(v) for v in pr.wire_bytes]
+        self._l_rbits = [8.0 * float(v) for v in pr.return_bytes]
+        self._gd = ([float(v) for v in pr.device_load_u], [float(v) for v in pr.device_slowdown_g])
+        self._gs = ([float(v) for v in pr.server_load_v], [float(v) for v in pr.server_slowdown_g])
+
+    # ---------------------------------------------------------------------------------------
+    def reference(self) -> Reference:
+        """C_ref, T_ref, dSoC_ref: local-only costs at the objective's reference context."""
+        return self._ref
+
+    def _reference(self) -> Reference:
+        ref = self.objective.reference_row()
+        t = float(self.tau_d[self.P] * self.profile.device_slowdown(ref[_U]))
+        e = self.p_act * t * 1e-6
+        i_d = self.fixed_id if self.fixed_id is not None else ref[_ID]
+        return Reference(carbon_g=i_d * e / J_PER_KWH, latency_ms=t, battery_pct=e * self.soc_k)
+
+    def radio_power_mw(self, bandwidth_mbps: np.ndarray) -> np.ndarray:
+        return self.radio_a * np.clip(bandwidth_mbps, 0.0, self.radio_cap) + self.radio_b
+
+    def battery_shape(self, battery_pct: np.ndarray) -> np.ndarray:
+        low, k = self.objective.battery_low_pct, self.objective.battery_k
+        return 1.0 + np.maximum(0.0, (low - battery_pct) / low) * k
+
+    # ---------------------------------------------------------------------------------------
+    def evaluate(self, x: np.ndarray, tx_mbps: np.ndarray | None = None) -> Costs:
+        """Costs of every partition for contexts x (N, 7) in CONTEXT_FIELDS order.
+
+        The transfer uses x's bandwidth, or `tx_mbps` (N,) when given (the rate realised at
+        the moment of sending).
+        """
+        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        if x.shape[1] != len(CONTEXT_FIELDS):
+            raise ValueError(f"contexts must be (N, {len(CONTEXT_FIELDS)}), got {x.shape}")
+        bw = x[:, _B] if tx_mbps is None else np.asarray(tx_mbps, dtype=np.float64).reshape(-1)
+        bw = np.maximum(bw, 0.0)[:, None]
+        rtt = x[:, _RTT][:, None]
+        g_d = self.profile.device_slowdown(x[:, _U])[:, None]
+        g_s = self.profile.server_slowdown(x[:, _V])[:, None]
+        remote = np.zeros(self.P + 1, dtype=bool)
+        remote[: self.P] = True
+
+        t_d = self.tau_d[None, :] * g_d
+        t_s = self.tau_s[None, :] * g_s
+        with np.errstate(divide="ignore", invalid="ignore"):
+            up = np.where(bw > 0, self.up_k[None, :] / bw, np.inf)
+            ret = np.where(bw > 0, self.ret_k[None, :] / bw, np.inf)
+        up = np.where(remote, up, 0.0)
+        ret = np.where(remote, ret, 0.0)
+        t_off = np.where(remote, up + rtt + t_s + ret, 0.0)
+        fb = remote & (t_off > self.deadline)
+        p_radio = self.radio_power_mw(bw)
+
+        t_rest = self.rest[None, :] * g_d
+        t_tx_ok = np.where(remote, up + rtt + ret, 0.0)
+        latency = np.where(fb, t_d + self.wasted + t_rest, t_d + np.where(remote, t_off, 0.0))
+        e_d_ok = self.p_act * t_d + (self.p_idle + p_radio) * t_tx_ok + self.p_idle * t_s
+        e_d_fb = self.p_act * (t_d + t_rest) + (self.p_idle + p_radio) * self.wasted
+        e_d = np.where(fb, e_d_fb, e_d_ok) * 1e-6
+        # On a fallback, the server still ran its tail if the upload arrived in time.
+        arrived = (up + 0.5 * rtt) <= self.wasted
+        e_s = self.p_srv * np.where(fb & ~arrived, 0.0, t_s) * 1e-6
+        bits = 8.0 * self.profile.wire_bytes[None, :]
+        rbits = 8.0 * self.profile.return_bytes[None, :]
+        sent = np.where(fb, np.minimum(bits, bw * 1e3 * self.wasted), bits + rbits)
+        e_net = np.where(remote, self.e_net * sent, 0.0)
+
+        i_d = x[:, _ID][:, None] if self.fixed_id is None else self.fixed_id
+        i_s = x[:, _IS][:, None]
+        carbon = (i_d * e_d + i_s * (e_s + e_net)) / J_PER_KWH
+        soc = e_d * self.soc_k
+        h = self.battery_shape(x[:, _BAT])[:, None]
+        obj = self.wc * carbon + self.wt * latency + self.wb * soc * h
+        shape = latency.shape
+        return Costs(
+            latency_ms=latency,
+            device_energy_j=e_d,
+            server_energy_j=np.broadcast_to(e_s, shape).copy(),
+            network_energy_j=np.broadcast_to(e_net, shape).copy(),
+            carbon_g=carbon,
+            battery_pct=soc,
+            objective=obj,
+            fallback=fb,
+        )
+
+    def feasible(self, costs: Costs) -> np.ndarray:
+        """(N, P+1) bool: latency within the SLO (all True without an SLO)."""
+        if self.slo is None:
+            return np.ones(costs.latency_ms.shape, dtype=bool)
+        return costs.latency_ms <= self.slo
+
+    def oracle(self, costs: Costs) -> np.ndarray:
+        """(N,) argmin J over the feasible partitions (T <= SLO); the fastest when none is."""
+        feas = self.feasible(costs)
+        j = np.where(feas, costs.objective, np.inf)
+        best = np.argmin(j, axis=1)
+        fastest = np.argmin(costs.latency_ms, axis=1)
+        return np.where(feas.any(axis=1), best, fastest)
+
+    # ---------------------------------------------------------------------------------------
+    def row(self, ctx: tuple[float, ...], bandwidth_mbps: float) -> tuple[list[float], list[float]]:
+        """(latency_ms, J) of every partition for one context; pure Python, no numpy."""
+        bw = bandwidth_mbps if bandwidth_mbps > 0.0 else 0.0
+        rtt = ctx[1]
+        gd = _interp(ctx[2], *self._gd)
+        gs = _interp(ctx[3], *self._gs)
+        i_d = ctx[4] if self.fixed_id is None else self.fixed_id
+        i_s = ctx[5]
+        b = ctx[6]
+        low = self.objective.battery_low_pct
+        h = 1.0 + (low - b) / low * self.objective.battery_k if b < low else 1.0
+        wc, wt, wbh = self.wc / J_PER_KWH, self.wt, self.wb * self.soc_k * h
+        p_act, p_idle, wasted, dl = self.p_act, self.p_idle, self.wasted, self.deadline
+        p_rad = self.radio_a * (bw if bw < self.radio_cap else self.radio_cap) + self.radio_b
+        p_srv, e_net = self.p_srv, self.e_net
+        tau_d, tau_s, up_k, ret_k, rest = (
+            self._l_tau_d,
+            self._l_tau_s,
+            self._l_up,
+            self._l_ret,
+            self._l_rest,
+        )
+        last = self.P
+        lat: list[float] = []
+        obj: list[float] = []
+        for p in range(last + 1):
+            t_d = tau_d[p] * gd
+            if p == last:
+                t = t_d
+                e_d = p_act * t_d * 1e-6
+                e_srv = 0.0
+            else:
+                t_s = tau_s[p] * gs
+                if bw > 0.0:
+                    up = up_k[p] / bw
+                    ret = ret_k[p] / bw
+                    t_off = up + rtt + t_s + ret
+                else:
+                    up = t_off = float("inf")
+                    ret = 0.0
+                if t_off <= dl:
+                    t = t_d + t_off
+                    e_d = (p_act * t_d + (p_idle + p_rad) * (up + rtt + ret) + p_idle * t_s) * 1e-6
+                    e_srv = (
+                        p_srv * t_s + e_net * 1e6 * (self._l_bits[p] + self._l_rbits[p])
+                    ) * 1e-6
+                else:
+                    t_rest = rest[p] * gd
+                    t = t_d + wasted + t_rest
+                    e_d = (p_act * (t_d + t_rest) + (p_idle + p_rad) * wasted) * 1e-6
+                    srv = p_srv * t_s if up + 0.5 * rtt <= wasted else 0.0
+                    bits = self._l_bits[p]
+                    sent = bw * 1e3 * wasted
+                    e_srv = srv * 1e-6 + e_net * (bits if bits < sent else sent)
+            lat.append(t)
+            obj.append(wc * (i_d * e_d + i_s * e_srv) + wt * t + wbh * e_d)
+        return lat, obj
+
+    def row_objective(self, ctx: tuple[float, ...], bandwidth_mbps: float) -> list[float]:
+        """J of every partition for one context with the given bandwidth (pure Python)."""
+        return self.row(ctx, bandwidth_mbps)[1]
+
+
+def _interp(x: float, xs: list[float], ys: list[float]) -> float:
+    """np.interp for one value: linear inside, flat outside."""
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    i = bisect.bisect_right(xs, x)
+    x0, x1 = xs[i - 1], xs[i]
+    return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - x0) / (x1 - x0)

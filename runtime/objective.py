@@ -1,0 +1,235 @@
+"""The objective config of METHOD.md §3-4: weights, SLO, deadline, battery shaping, radio.
+
+One TOML file (docs/objective.example.toml) sets it; the bundle stores it as its
+'objective' section, and the cost model, labels and table are only valid for that config.
+Changing it means relabelling and recalibrating.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from carboncp.runtime.context import CONTEXT_FIELDS
+from carboncp.runtime.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+# Huang et al., "A Close Examination of Performance and Power Characteristics of 4G LTE
+# Networks", MobiSys 2012, uplink power model P = alpha_u * B + beta (mW, B in Mbit/s), as
+# widely cited from that paper's power-model table (METHOD.md §3). "ethernet" is ours: a
+# wired PHY draws about the same whether or not it sends, and that draw is already in the
+# board's idle power, so its marginal transmit power is taken as 0.
+RADIO_MODELS: dict[str, tuple[float, float]] = {
+    "wifi": (283.17, 132.86),
+    "lte": (438.39, 1288.04),
+    "3g": (868.98, 817.88),
+    "ethernet": (0.0, 0.0),
+}
+
+# The 2012 fits were made on phones at a few Mbit/s; extrapolated linearly they overstate
+# power on fast links (50 Mbit/s of WiFi would be 14 W, more than a whole Pi 4 draws). We
+# hold the power constant above this rate: the model's own value at 10 Mbit/s (WiFi 2.96 W,
+# LTE 5.67 W), the order of magnitude of the throughputs the fit covered. Energy per bit then
+# keeps falling with B, as measured for modern WiFi/5G radios. Configurable (radio_cap_mbps).
+DEFAULT_RADIO_CAP_MBPS = 10.0
+
+# Edge server's marginal power while it runs a tail (not its whole draw). An estimate, not a
+# measurement: a 2-socket x86 server of ~2020 draws ~100-150 W more at full load than idle
+# across 20-40 cores (SPECpower_ssj2008 published results), i.e. about 4-8 W per busy
+# core; a single-stream tail keeps one or two cores and the memory system busy, so 15 W.
+# Measure it (RAPL, a wall meter) and set server_marginal_mw where you can.
+DEFAULT_SERVER_MARGINAL_MW = 15000.0
+
+# The fixed context at which the local-only (p = P) costs normalise J (METHOD §4).
+DEFAULT_REFERENCE: dict[str, float] = {
+    "bandwidth_mbps": 10.0,
+    "rtt_ms": 20.0,
+    "device_load": 0.0,
+    "server_load": 0.0,
+    "device_gco2_per_kwh": 300.0,
+    "server_gco2_per_kwh": 300.0,
+    "battery_pct": 100.0,
+}
+
+DEFAULT_DEADLINE_NO_SLO_MS = 1000.0
+DEVICE_CARBON_MODES = ("live", "fixed")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Weights, constraints and physical options of the per-inference objective J.
+
+    J(p, x) = w_carbon*C/C_ref + w_latency*T/T_ref + w_battery*dSoC*h(b)/dSoC_ref,
+    with h(b) = 1 + max(0, (battery_low_pct - b)/battery_low_pct) * battery_k.
+    """
+
+    w_carbon: float = 1.0
+    w_latency: float = 0.2
+    w_battery: float = 0.2
+    # Hard latency SLO T_max (ms): partitions above it are infeasible. None = no SLO.
+    slo_ms: float | None = 300.0
+    # Transfer deadline (ms from the start of the upload to the result back). None = the SLO
+    # (a transfer still running when the whole SLO is spent has already violated it; cutting
+    # it there bounds the damage), or 1000 ms without an SLO (outages need some deadline).
+    deadline_ms: float | None = None
+    # Abandon early: when set, a transfer that will miss the deadline is abandoned after
+    # this many ms (the device sees from the bytes sent so far that it cannot finish).
+    early_abandon_ms: float | None = None
+    battery_low_pct: float = 30.0
+    battery_k: float = 2.0
+    radio: str = "wifi"
+    radio_cap_mbps: float = DEFAULT_RADIO_CAP_MBPS
+    # Server marginal power override (mW); None = the profile's (measured or its default).
+    server_marginal_mw: float | None = None
+    # Network energy (J/bit) charged at the server's intensity; 0 = off (the default).
+    e_net_j_per_bit: float = 0.0
+    # Device carbon accounting: "live" uses the device zone's live intensity I_d as the
+    # proxy for the grid that charged the battery; "fixed" uses device_fixed_gco2_per_kwh.
+    device_carbon: str = "live"
+    device_fixed_gco2_per_kwh: float | None = None
+    reference: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_REFERENCE))
+    alpha: float = 0.1
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # -- derived ---------------------------------------------------------------------------
+    @property
+    def effective_deadline_ms(self) -> float:
+        if self.deadline_ms is not None:
+            return float(self.deadline_ms)
+        if self.slo_ms is not None:
+            return float(self.slo_ms)
+        return DEFAULT_DEADLINE_NO_SLO_MS
+
+    @property
+    def radio_coefficients(self) -> tuple[float, float]:
+        """(alpha_u mW per Mbit/s, beta mW) of the radio's linear power model."""
+        return RADIO_MODELS[self.radio]
+
+    def radio_power_mw(self, bandwidth_mbps: float) -> float:
+        a, b = RADIO_MODELS[self.radio]
+        return a * min(max(bandwidth_mbps, 0.0), self.radio_cap_mbps) + b
+
+    def battery_shape(self, battery_pct: float) -> float:
+        """h(b) >= 1: the battery term's weight grows as the battery empties."""
+        low = self.battery_low_pct
+        return 1.0 + max(0.0, (low - battery_pct) / low) * self.battery_k
+
+    def reference_row(self) -> tuple[float, ...]:
+        return tuple(float(self.reference[f]) for f in CONTEXT_FIELDS)
+
+    # -- (de)serialisation -----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["reference"] = dict(self.reference)
+        d["format"] = "carboncp-objective/1"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "objective") -> Objective:
+        d = dict(d)
+        d.pop("format", None)
+        known = {f.name for f in fields(cls)}
+        for key in d:
+            if key not in known:
+                raise ConfigError(
+                    f"{where}: unknown key '{key}' (known: {', '.join(sorted(known))})"
+                )
+        if "reference" in d:
+            ref = d["reference"]
+            if not isinstance(ref, dict):
+                raise ConfigError(f"{where}: 'reference' must be a table of context fields")
+            for key in ref:
+                if key not in CONTEXT_FIELDS:
+                    raise ConfigError(
+                        f"{where}: unknown key 'reference.{key}' (fields: {', '.join(CONTEXT_FIELDS)})"
+                    )
+            d["reference"] = {**DEFAULT_REFERENCE, **ref}
+        try:
+            return cls(**d)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_objective(path: str | Path | None) -> Objective:
+    """The objective from a TOML file (keys as in docs/objective.example.toml); None = defaults.
+
+    The file may hold the keys at the top level or under an `[objective]` table.
+    """
+    if path is None:
+        return Objective()
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such objective file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    if "objective" in data and isinstance(data["objective"], dict):
+        extra = [k for k in data if k != "objective"]
+        if extra:
+            raise ConfigError(f"{path}: unknown key '{extra[0]}' beside [objective]")
+        data = data["objective"]
+    return Objective.from_dict(data, where=str(path))
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def _num(obj: Objective, key: str, lo: float, lo_open: bool = False, none_ok: bool = False) -> None:
+    v = getattr(obj, key)
+    if v is None and none_ok:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"key '{key}' must be a number, got {v!r}")
+    if not math.isfinite(v) or v < lo or (lo_open and v == lo):
+        op = ">" if lo_open else ">="
+        raise ConfigError(f"key '{key}' must be finite and {op} {lo}, got {v!r}")
+
+
+def _validate(o: Objective) -> None:
+    for key in ("w_carbon", "w_latency", "w_battery", "battery_k", "e_net_j_per_bit"):
+        _num(o, key, 0.0)
+    if o.w_carbon + o.w_latency + o.w_battery <= 0:
+        raise ConfigError("keys 'w_carbon', 'w_latency', 'w_battery': at least one must be > 0")
+    for key in ("slo_ms", "deadline_ms", "early_abandon_ms", "server_marginal_mw"):
+        _num(o, key, 0.0, lo_open=True, none_ok=True)
+    _num(o, "battery_low_pct", 0.0, lo_open=True)
+    if o.battery_low_pct > 100:
+        raise ConfigError(f"key 'battery_low_pct' must be in (0, 100], got {o.battery_low_pct}")
+    _num(o, "radio_cap_mbps", 0.0, lo_open=True)
+    if o.radio not in RADIO_MODELS:
+        raise ConfigError(f"key 'radio' must be one of {sorted(RADIO_MODELS)}, got {o.radio!r}")
+    if o.device_carbon not in DEVICE_CARBON_MODES:
+        raise ConfigError(
+            f"key 'device_carbon' must be one of {list(DEVICE_CARBON_MODES)}, got {o.device_carbon!r}"
+        )
+    if o.device_carbon == "fixed":
+        if o.device_fixed_gco2_per_kwh is None:
+            raise ConfigError(
+                "key 'device_fixed_gco2_per_kwh' is required when device_carbon = 'fixed'"
+            )
+        _num(o, "device_fixed_gco2_per_kwh", 0.0)
+    else:
+        _num(o, "device_fixed_gco2_per_kwh", 0.0, none_ok=True)
+    if isinstance(o.alpha, bool) or not isinstance(o.alpha, (int, float)) or not 0 < o.alpha < 1:
+        raise ConfigError(f"key 'alpha' must be in (0, 1), got {o.alpha!r}")
+    if not isinstance(o.reference, dict):
+        raise ConfigError("key 'reference' must be a table of context fields")
+    for f in CONTEXT_FIELDS:
+        v = o.reference.get(f)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"key 'reference.{f}' must be a finite number >= 0, got {v!r}")
+    if o.reference["device_gco2_per_kwh"] <= 0 and o.device_carbon == "live":
+        raise ConfigError("key 'reference.device_gco2_per_kwh' must be > 0 (it normalises carbon)")
