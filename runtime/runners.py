@@ -1,0 +1,251 @@
+"""Head (and tail) runners behind one interface: `run(p, ndarray) -> ndarray`.
+
+`LiteRTRunner` runs the `.tflite` heads with `ai_edge_litert` (or `tflite_runtime` on boards
+where only that is installed) and never imports torch. `ExecuTorchRunner` runs `.pte` heads or
+tails with `executorch.runtime`; ExecuTorch's Python API takes torch tensors, so it imports
+torch, lazily, inside the runner. Programs load on first use of a partition and stay cached.
+Inputs are checked against the bundle's manifest before they reach an interpreter, so a wrong
+dtype or shape is a clear error instead of a crash in native code.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from carboncp.runtime.bundle import Bundle
+from carboncp.runtime.errors import BackendMissingError, BundleError
+
+PARTS = ("head", "tail")
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """Runs partition p's head (or tail) on one input and returns its output."""
+
+    def run(self, p: int, x: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def expected_input(bundle: Bundle, p: int, part: str) -> tuple[str, tuple[int, ...]]:
+    """(dtype, shape) the artifact of partition p takes.
+
+    Heads always take the device's image. Tail p takes what crosses the link at p: the image
+    for p = 0, else the float32 activation (float16 on the wire is cast back before the tail).
+    """
+    if part == "head" or p == 0:
+        return bundle.input_dtype, bundle.input_shape
+    return "float32", bundle.partitions[p].wire_shape
+
+
+def _artifact(bundle: Bundle, p: int, part: str, fmt: str) -> str:
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, not {part!r}")
+    if not isinstance(p, (int, np.integer)) or isinstance(p, bool):
+        raise ValueError(f"partition index must be an int, not {type(p).__name__}")
+    if not 0 <= p <= bundle.last:
+        raise ValueError(f"partition {p} is out of range 0..{bundle.last} for {bundle.path}")
+    arts = bundle.partitions[p].head if part == "head" else bundle.partitions[p].tail
+    rel = arts.get(fmt)
+    if rel is None:
+        what = {"head": "p = 0 has no head (the device sends the image)"}.get(part, "")
+        if part == "tail" and p == bundle.last:
+            what = f"p = P = {p} has no tail (everything runs on the device)"
+        have = sorted(arts) or "none"
+        raise BundleError(
+            f"{bundle.path / 'manifest.json'}: partition {p} has no {part} in format {fmt!r} "
+            f"(formats present: {have}). {what}".strip()
+        )
+    return rel
+
+
+def check_input(bundle: Bundle, p: int, part: str, x: Any) -> np.ndarray:
+    """Validate x against the manifest; return it as a C-contiguous array."""
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{part} {p} of {bundle.model_name}: input must be a numpy array")
+    dtype, shape = expected_input(bundle, p, part)
+    if x.dtype != np.dtype(dtype):
+        hint = " (cast float16 activations back to float32 first)" if x.dtype == np.float16 else ""
+        raise ValueError(
+            f"{part} {p} of {bundle.model_name} takes {dtype}, got {x.dtype}{hint}; "
+            f"see {bundle.path / 'manifest.json'}"
+        )
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(
+            f"{part} {p} of {bundle.model_name} takes shape {list(shape)}, got "
+            f"{list(x.shape)}; see {bundle.path / 'manifest.json'}"
+        )
+    return np.ascontiguousarray(x)
+
+
+def _import_interpreter() -> tuple[Any, str]:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "ai_edge_litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+
+        return Interpreter, "tflite_runtime"
+    except ImportError:
+        raise BackendMissingError(
+            "the LiteRT runner needs a TFLite interpreter: install 'ai-edge-litert' "
+            "(pip install ai-edge-litert, or carboncp[runtime]) or, where only that exists "
+            "(e.g. numpy<2 boards), 'tflite-runtime' (pip install tflite-runtime)"
+        ) from None
+
+
+class LiteRTRunner:
+    """Runs `.tflite` heads; `backend` says which interpreter package is in use."""
+
+    def __init__(self, bundle: Bundle, num_threads: int | None = None) -> None:
+        self.bundle = bundle
+        self.part = "head"
+        self.num_threads = num_threads
+        self._interpreter_cls, self.backend = _import_interpreter()
+        self._cache: dict[int, tuple[Any, int, int]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _load(self, p: int) -> tuple[Any, int, int]:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("LiteRTRunner is closed")
+            if p not in self._cache:
+                rel = _artifact(self.bundle, p, "head", "tflite")
+                path = str(self.bundle.file(rel))
+                try:
+                    interp = self._interpreter_cls(model_path=path, num_threads=self.num_threads)
+                    interp.allocate_tensors()
+                except (ValueError, RuntimeError) as exc:
+                    raise BundleError(
+                        f"{path}: {self.backend} cannot load this model ({exc}); re-export "
+                        f"the bundle or update {self.backend}"
+                    ) from exc
+                ins, outs = interp.get_input_details(), interp.get_output_details()
+                if len(ins) != 1 or len(outs) != 1:
+                    raise BundleError(f"{path}: expected 1 input and 1 output tensor")
+                dtype, shape = expected_input(self.bundle, p, "head")
+                if np.dtype(ins[0]["dtype"]) != np.dtype(dtype) or tuple(ins[0]["shape"]) != tuple(
+                    shape
+                ):
+                    raise BundleError(
+                        f"{path}: model input is {np.dtype(ins[0]['dtype'])} "
+                        f"{list(ins[0]['shape'])} but the manifest says {dtype} {list(shape)}"
+                    )
+                self._cache[p] = (interp, ins[0]["index"], outs[0]["index"])
+            return self._cache[p]
+
+    def run(self, p: int, x: np.ndarray) -> np.ndarray:
+        interp, i_in, i_out = self._load(p)
+        x = check_input(self.bundle, p, "head", x)
+        with self._lock:  # an interpreter is not re-entrant
+            interp.set_tensor(i_in, x)
+            interp.invoke()
+            return np.array(interp.get_tensor(i_out), copy=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self._closed = True
+
+    def __enter__(self) -> LiteRTRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"LiteRTRunner({self.bundle.path}, backend={self.backend}, "
+            f"loaded={sorted(self._cache)}, closed={self._closed})"
+        )
+
+
+class ExecuTorchRunner:
+    """Runs `.pte` heads (device) or tails (edge server) with `executorch.runtime`."""
+
+    def __init__(self, bundle: Bundle, part: str = "head") -> None:
+        if part not in PARTS:
+            raise ValueError(f"part must be one of {PARTS}, not {part!r}")
+        self.bundle = bundle
+        self.part = part
+        self.backend = "executorch"
+        # torch's OpenMP pool fights XNNPACK's threads (CONVENTIONS.md); must precede torch import.
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        try:
+            import torch
+            from executorch.runtime import Runtime
+        except ImportError as exc:
+            raise BackendMissingError(
+                f"the ExecuTorch runner needs torch and executorch ({exc.name or exc} is "
+                "missing): pip install 'carboncp[executorch]'"
+            ) from None
+        self._torch = torch
+        self._runtime = Runtime.get()
+        self._cache: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _load(self, p: int) -> Any:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("ExecuTorchRunner is closed")
+            if p not in self._cache:
+                rel = _artifact(self.bundle, p, self.part, "pte")
+                path = self.bundle.file(rel)
+                try:
+                    program = self._runtime.load_program(path)
+                    method = program.load_method("forward")
+                except (RuntimeError, ValueError) as exc:
+                    raise BundleError(
+                        f"{path}: ExecuTorch cannot load this program ({exc}); re-export the "
+                        "bundle with a matching executorch version"
+                    ) from exc
+                if method is None:
+                    raise BundleError(f"{path}: program has no 'forward' method")
+                self._cache[p] = method
+            return self._cache[p]
+
+    def run(self, p: int, x: np.ndarray) -> np.ndarray:
+        method = self._load(p)
+        x = check_input(self.bundle, p, self.part, x)
+        with self._lock:
+            out = method.execute([self._torch.from_numpy(x)])
+        return out[0].detach().numpy().copy()
+
+    def close(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self._closed = True
+
+    def __enter__(self) -> ExecuTorchRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"ExecuTorchRunner({self.bundle.path}, part={self.part}, "
+            f"loaded={sorted(self._cache)}, closed={self._closed})"
+        )
+
+
+BACKENDS = ("litert", "executorch")
+
+
+def make_runner(bundle: Bundle, backend: str = "litert", part: str = "head") -> Runner:
+    """A runner for `backend` ("litert" for .tflite heads, "executorch" for .pte heads/tails)."""
+    if backend == "litert":
+        if part != "head":
+            raise ValueError("the LiteRT runner runs heads only; tails are .pte (executorch)")
+        return LiteRTRunner(bundle)
+    if backend == "executorch":
+        return ExecuTorchRunner(bundle, part=part)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")

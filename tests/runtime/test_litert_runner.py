@@ -1,0 +1,89 @@
+"""LiteRT runner against a real bundle. Also runs in the tflite-runtime venv (no torch,
+numpy<2): there CARBONCP_TEST_BUNDLE names a bundle exported by the main venv, and
+CARBONCP_REQUIRE_TFLITE_RUNTIME=1 demands that the tflite_runtime fallback is what ran."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from carboncp.runtime.bundle import Bundle
+from carboncp.runtime.errors import BundleError
+from carboncp.runtime.runners import LiteRTRunner, make_runner
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle) -> Bundle:
+    return Bundle.load(tiny_bundle)
+
+
+@pytest.fixture(scope="module")
+def runner(bundle):
+    r = LiteRTRunner(bundle)
+    yield r
+    r.close()
+
+
+def _images(bundle: Bundle, n: int, seed: int = 1) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, bundle.input_shape, dtype=np.uint8) for _ in range(n)]
+
+
+def test_backend_is_named(runner):
+    assert runner.backend in ("ai_edge_litert", "tflite_runtime")
+    if os.environ.get("CARBONCP_REQUIRE_TFLITE_RUNTIME") == "1":
+        assert runner.backend == "tflite_runtime"
+
+
+def test_every_head_gives_the_manifest_shape_and_dtype(bundle, runner):
+    (x,) = _images(bundle, 1)
+    for part in bundle.partitions[1:]:
+        y = runner.run(part.p, x)
+        assert y.dtype == np.float32
+        assert tuple(y.shape) == part.wire_shape
+        assert np.isfinite(y).all()
+
+
+def test_heads_are_consistent_and_input_dependent(bundle, runner):
+    """The full-model head (P) is deterministic and responds to its input."""
+    a, b = _images(bundle, 2)
+    P = bundle.last
+    ya1, ya2, yb = runner.run(P, a), runner.run(P, a.copy()), runner.run(P, b)
+    np.testing.assert_array_equal(ya1, ya2)
+    assert np.abs(ya1 - yb).max() > 0
+
+
+def test_output_is_not_a_view_of_interpreter_memory(bundle, runner):
+    a, b = _images(bundle, 2, seed=7)
+    ya = runner.run(1, a)
+    kept = ya.copy()
+    runner.run(1, b)
+    np.testing.assert_array_equal(ya, kept)
+
+
+def test_wrong_dtype_shape_and_partition_are_clear_errors(bundle, runner):
+    (x,) = _images(bundle, 1)
+    with pytest.raises(ValueError, match="takes uint8"):
+        runner.run(1, x.astype(np.float32))
+    with pytest.raises(ValueError, match="takes shape"):
+        runner.run(1, x[:, :, :-1])
+    with pytest.raises(ValueError, match="out of range"):
+        runner.run(bundle.last + 1, x)
+    with pytest.raises(BundleError, match="no head"):
+        runner.run(0, x)
+
+
+def test_make_runner_litert_and_closed_runner(bundle):
+    r = make_runner(bundle, "litert")
+    assert isinstance(r, LiteRTRunner)
+    (x,) = _images(bundle, 1)
+    r.run(1, x)
+    r.close()
+    r.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        r.run(1, x)
+    with pytest.raises(ValueError, match="unknown backend"):
+        make_runner(bundle, "onnx")
+    with pytest.raises(ValueError, match="heads only"):
+        make_runner(bundle, "litert", part="tail")

@@ -1,0 +1,314 @@
+"""Export a model as a CarbonCP bundle: every head as .pte (XNNPACK) and .tflite, every tail as
+.pte, verified against the full model and written with a manifest (docs/BUNDLE.md).
+
+Verification runs the artifacts through the runtime's own runners (what the device and the
+server will run), on seeded random uint8 images, and records per partition and format the
+largest absolute difference from the torch model's output, plus the error and top-1 agreement
+when the activation crosses the link as float16.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from carboncp.runtime.bundle import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    WIRE_DTYPES,
+    Bundle,
+    register_file,
+    save_manifest,
+)
+from carboncp.runtime.errors import CarbonCPError, ConfigError
+
+FORMATS = ("pte", "tflite")
+VERIFY_SAMPLES = 8
+VERIFY_TOL = 1e-4  # max abs, scaled by max(1, |output|) so large logits do not fail on rounding
+
+
+class VerificationError(CarbonCPError):
+    """An exported artifact does not reproduce the full model."""
+
+
+def _tool_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "executorch", "litert-torch", "ai-edge-litert", "carboncp"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.t0 = time.perf_counter()
+
+    def say(self, msg: str) -> None:
+        if self.enabled:
+            print(f"carboncp export: {msg}", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def step(self, what: str) -> Iterator[None]:
+        t = time.perf_counter()
+        yield
+        self.done += 1
+        self.say(
+            f"[{self.done}/{self.total}] {what} ({time.perf_counter() - t:.1f} s, "
+            f"{time.perf_counter() - self.t0:.0f} s total)"
+        )
+
+
+@contextlib.contextmanager
+def _quiet(progress: bool) -> Iterator[None]:
+    """Exporters print their own chatter to stdout; keep stdout clean (it may be piped)."""
+    with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()):
+        yield
+
+
+def _export_pte(module: Any, example: Any, path: Path) -> None:
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with torch.no_grad():
+        ep = torch.export.export(module, (example,))
+    prog = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
+    path.write_bytes(prog.buffer)
+
+
+def _export_tflite(module: Any, example: Any, path: Path) -> None:
+    import litert_torch
+    from litert_torch import _config
+
+    _config.config.show_progress = False  # its rich console output would drown ours
+    edge = litert_torch.convert(module, (example,))
+    edge.export(str(path))
+
+
+def _prepare_out(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for sub in ("heads", "tails"):
+            shutil.rmtree(out_dir / sub, ignore_errors=True)
+            (out_dir / sub).mkdir()
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # never leave a manifest over new files
+        probe = out_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"--out {out_dir}: cannot write the bundle there ({exc.strerror or exc}); "
+            "choose a writable folder"
+        ) from exc
+
+
+def export_bundle(
+    model_spec: str,
+    out_dir: str | os.PathLike[str] | None = None,
+    weights: str | None = None,
+    formats: Sequence[str] = FORMATS,
+    float16: bool = True,
+    progress: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Export `model_spec` ('resnet18', 'mobilenet_v2' or 'package.module:factory') to a bundle.
+
+    Returns the bundle folder (default `models/<name>/` under the current directory).
+    """
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    formats = tuple(dict.fromkeys(formats))
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ConfigError(f"--formats: {bad or 'empty'} not among {list(FORMATS)}")
+    import torch
+    from carboncp.models.zoo import load_model
+    from carboncp.tooling.cuts import Normalize, find_cuts
+
+    loaded = load_model(model_spec, weights=weights, seed=seed)
+    model = loaded.model
+    shape = tuple(int(s) for s in getattr(model, "input_shape", (1, 3, 224, 224)))
+    root = Path(out_dir) if out_dir is not None else Path("models") / loaded.name
+    _prepare_out(root)
+
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
+    cuts = find_cuts(model, image.to(torch.float32) / 255.0)
+    P = cuts.last
+    n_art = P * len(formats) + (P if "pte" in formats else 0)
+    prog = _Progress(n_art + 1, progress)
+    prog.say(f"{loaded.name}: {P + 1} partitions ({', '.join(cuts.names)}) -> {root}")
+
+    # Activation shapes from the eager chain (also the reference for verification).
+    full = cuts.full()
+    with torch.no_grad():
+        acts = [image]
+        x = Normalize(cuts.mean, cuts.std)(image)
+        for stage in cuts.stages:
+            x = stage(x)
+            acts.append(x)
+    out_shape = tuple(acts[-1].shape)
+
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {
+            "name": loaded.name,
+            "factory": loaded.factory,
+            "weights": loaded.weights,
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+        },
+        "input": {
+            "shape": list(shape),
+            "dtype": "uint8",
+            "layout": "NCHW",
+            "normalise": "(x / 255 - mean) / std, per channel, inside the artifacts",
+            "mean": list(cuts.mean),
+            "std": list(cuts.std),
+        },
+        "output": {"shape": list(out_shape), "dtype": "float32"},
+        "formats": {"head": list(formats), "tail": ["pte"] if "pte" in formats else []},
+        "partitions": [],
+        "tools": _tool_versions(),
+        "files": {},
+        "sections": {},
+    }
+    for p in range(P + 1):
+        dtype = "uint8" if p == 0 else "float32"
+        wshape = list(acts[p].shape)
+        manifest["partitions"].append(
+            {
+                "p": p,
+                "cut": cuts.names[p],
+                "wire": {
+                    "dtype": dtype,
+                    "shape": wshape,
+                    "bytes": int(np.prod(wshape)) * WIRE_DTYPES[dtype],
+                    "crosses_link": p < P,
+                },
+                "head": {},
+                "tail": {},
+                "verify": {},
+                "float16": None,
+            }
+        )
+
+    with _quiet(progress):
+        for p in range(1, P + 1):
+            for fmt in formats:
+                rel = f"heads/p{p}.{fmt}"
+                with prog.step(f"head p={p} ({cuts.names[p]}) -> {rel}"):
+                    exporter = _export_pte if fmt == "pte" else _export_tflite
+                    exporter(cuts.head(p), image, root / rel)
+                register_file(manifest, root, rel)
+                manifest["partitions"][p]["head"][fmt] = rel
+        if "pte" in formats:
+            for p in range(P):
+                rel = f"tails/p{p}.pte"
+                example = image if p == 0 else acts[p].detach().clone()
+                with prog.step(f"tail p={p} ({cuts.names[p]}) -> {rel}"):
+                    _export_pte(cuts.tail(p), example, root / rel)
+                register_file(manifest, root, rel)
+                manifest["partitions"][p]["tail"]["pte"] = rel
+    save_manifest(root, manifest)
+
+    with prog.step(f"verify {VERIFY_SAMPLES} random images per partition and format"):
+        images = torch.randint(0, 256, (VERIFY_SAMPLES, *shape), dtype=torch.uint8, generator=gen)
+        with torch.no_grad():
+            refs = [full(im).numpy() for im in images]
+        worst = _verify(root, manifest, [im.numpy() for im in images], refs, formats, float16)
+    save_manifest(root, manifest)
+    if worst:
+        raise VerificationError(
+            f"{root / MANIFEST}: exported artifacts differ from the model: {'; '.join(worst)}"
+        )
+    prog.say(f"wrote {root / MANIFEST} in {time.perf_counter() - prog.t0:.0f} s")
+    return root
+
+
+def _verify(
+    root: Path,
+    manifest: dict[str, Any],
+    images: list[np.ndarray],
+    refs: list[np.ndarray],
+    formats: Sequence[str],
+    float16: bool,
+) -> list[str]:
+    from carboncp.runtime.runners import ExecuTorchRunner, LiteRTRunner
+
+    bundle = Bundle.load(root)
+    P = bundle.last
+    heads: dict[str, Any] = {}
+    if "pte" in formats:
+        heads["pte"] = ExecuTorchRunner(bundle, part="head")
+    if "tflite" in formats:
+        heads["tflite"] = LiteRTRunner(bundle)
+    tails = ExecuTorchRunner(bundle, part="tail") if "pte" in formats else None
+    scale = max(1.0, max(float(np.abs(r).max()) for r in refs))
+    tol = VERIFY_TOL * scale
+    manifest["verification"] = {
+        "samples": len(images),
+        "inputs": "uniform random uint8 images (seeded)",
+        "tolerance_max_abs": tol,
+        "reference": "torch eager full model (float32)",
+    }
+    worst: list[str] = []
+    for p in range(P + 1):
+        entry = manifest["partitions"][p]
+        routes: dict[str, Any] = {}
+        if p == 0:
+            if tails is not None:
+                routes["pte"] = lambda im, _p=p: tails.run(_p, im)
+        else:
+            for fmt, runner in heads.items():
+                if p == P:
+                    routes[fmt] = lambda im, r=runner, _p=p: r.run(_p, im)
+                elif tails is not None:
+                    routes[fmt] = lambda im, r=runner, _p=p: tails.run(_p, r.run(_p, im))
+        for fmt, route in routes.items():
+            err = max(
+                float(np.abs(route(im) - ref).max()) for im, ref in zip(images, refs, strict=True)
+            )
+            entry["verify"][fmt] = err
+            if not err <= tol:
+                worst.append(f"p={p} {fmt}: max abs {err:.3g} > {tol:.3g}")
+        if float16 and 0 < p < P and tails is not None:
+            head = heads.get("pte") or heads["tflite"]
+            errs, agree = [], []
+            for im, ref in zip(images, refs, strict=True):
+                a = head.run(p, im)
+                with np.errstate(over="ignore"):
+                    a16 = a.astype(np.float16)
+                if not np.isfinite(a16).all():
+                    errs.append(float("inf"))
+                    agree.append(False)
+                    continue
+                y = tails.run(p, a16.astype(np.float32))
+                errs.append(float(np.abs(y - ref).max()))
+                agree.append(bool(np.argmax(y) == np.argmax(ref)))
+            finite = all(np.isfinite(errs))
+            entry["float16"] = {
+                "bytes": entry["wire"]["bytes"] // 2,
+                "max_abs_error": max(errs) if finite else None,
+                "top1_agreement": float(np.mean(agree)),
+                "overflow": not finite,
+            }
+    for r in (*heads.values(), tails):
+        if r is not None:
+            r.close()
+    return worst
