@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -75,3 +76,47 @@ def integrate_energy_j(readings: Sequence[PowerReading], t0_s: float, t1_s: floa
     for a, b in itertools.pairwise(knots):
         total_mj += 0.5 * (power_at(a) + power_at(b)) * (b - a)
     return total_mj / 1000.0
+
+
+class ClosableSource(PowerSource):
+    """gpiozero-style device plumbing: idempotent `close()`, `closed`, and a repr showing state.
+
+    Subclasses implement `_read()`, optionally `_close()` (called once) and `_describe()`.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._closed = False
+        self.clock = clock  # timestamps readings; injectable so tests can step time
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def read(self) -> PowerReading:
+        if self._closed:
+            from carboncp.runtime.errors import PowerSourceError
+
+            raise PowerSourceError(f"{self!r} is closed")
+        return self._read()
+
+    @abstractmethod
+    def _read(self) -> PowerReading: ...
+
+    def _close(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._close()
+
+    def _describe(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        if self._closed:
+            return f"<{name} closed>"
+        desc = self._describe()
+        return f"<{name} {desc}>" if desc else f"<{name}>"

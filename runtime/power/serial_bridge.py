@@ -1,0 +1,80 @@
+"""The firmware_bridge INA219 power monitor on a serial port, as a PowerSource.
+
+The bridge streams samples at `rate_hz` (far above what a Python sampler thread can poll), so
+`energy_between` integrates the bridge's own samples; `read()` returns its latest sample.
+The BridgeReader is imported lazily, so a device without pyserial can use other backends.
+BridgeReader's `host_t_s` is host `time.monotonic()` seconds, the same clock as PowerReading.t_s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from carboncp.runtime.errors import BackendMissingError
+from carboncp.runtime.power.base import ClosableSource, PowerReading
+from carboncp.runtime.power.faults import SensorFault
+
+
+class SerialBridgeSource(ClosableSource):
+    """Wraps `carboncp.firmware_bridge.host.BridgeReader`; `reader` injects one (tests)."""
+
+    name = "serial"
+
+    def __init__(
+        self, port: str, rate_hz: float = 1000, reader: Any = None, *, baudrate: int = 921600
+    ) -> None:
+        super().__init__()
+        self.port, self.rate_hz = port, rate_hz
+        if reader is None:
+            try:
+                from carboncp.firmware_bridge.host import BridgeReader
+            except ImportError as exc:
+                raise BackendMissingError(
+                    f"serial power monitor needs carboncp.firmware_bridge.host and pyserial "
+                    f"({exc}); pip install 'carboncp[runtime]'"
+                ) from exc
+            try:
+                reader = BridgeReader(port, baudrate, rate_hz)
+            except OSError as exc:
+                raise BackendMissingError(
+                    f"cannot open serial power monitor at {port}: {exc}"
+                ) from exc
+        self._reader = reader
+        self._reader.start()
+        self.last_seq: int | None = None
+
+    def _read(self) -> PowerReading:
+        s = self._reader.latest()
+        if s is None:
+            raise SensorFault("empty", f"serial:{self.port}: no sample received yet", self.port)
+        if s.seq == self.last_seq:
+            flags: tuple[str, ...] = ("repeat",)
+        else:
+            flags = ()
+        self.last_seq = s.seq
+        return PowerReading(
+            s.host_t_s,
+            s.power_mw,
+            s.bus_voltage_mv,
+            s.current_ma,
+            None,
+            f"serial:{self.port}",
+            flags,
+        )
+
+    def energy_between(self, t0_s: float, t1_s: float) -> tuple[float, int]:
+        """(energy_j, samples) over [t0_s, t1_s] from the bridge's full-rate stream."""
+        n = len(self._reader.samples_between(t0_s, t1_s))
+        if n == 0:
+            raise SensorFault("stale", f"serial:{self.port}: no samples in [{t0_s}, {t1_s}]")
+        return float(self._reader.energy_j(t0_s, t1_s)), n
+
+    @property
+    def stats(self) -> Any:
+        return getattr(self._reader, "stats", None)
+
+    def _close(self) -> None:
+        self._reader.close()
+
+    def _describe(self) -> str:
+        return f"port={self.port} rate_hz={self.rate_hz} last_seq={self.last_seq}"
