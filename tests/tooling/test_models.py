@@ -108,7 +108,7 @@ def test_random_init_is_seeded():
 def test_bad_weights_files_name_the_file(tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"this is not a torch file")
-    with pytest.raises(ConfigError, match="junk.pth"):
+    with pytest.raises(ConfigError, match=r"junk\.pth"):
         load_state_dict_file(junk)
     with pytest.raises(ConfigError, match="no such file"):
         load_model("resnet18", weights=str(tmp_path / "missing.pth"))
@@ -118,7 +118,7 @@ def test_bad_weights_files_name_the_file(tmp_path):
         load_model("resnet18", weights=str(wrong))
     pickled = tmp_path / "obj.pth"
     torch.save({"w": torch.zeros(1), "fn": print}, pickled)  # not allowed by weights_only
-    with pytest.raises(ConfigError, match="obj.pth"):
+    with pytest.raises(ConfigError, match=r"obj\.pth"):
         load_state_dict_file(pickled)
 
 
