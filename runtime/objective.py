@@ -60,6 +60,13 @@ DEFAULT_REFERENCE: dict[str, float] = {
 
 DEFAULT_DEADLINE_NO_SLO_MS = 1000.0
 DEVICE_CARBON_MODES = ("live", "fixed")
+_OPTIONAL = (
+    "slo_ms",
+    "deadline_ms",
+    "early_abandon_ms",
+    "server_marginal_mw",
+    "device_fixed_gco2_per_kwh",
+)
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,10 @@ class Objective:
                 raise ConfigError(
                     f"{where}: unknown key '{key}' (known: {', '.join(sorted(known))})"
                 )
+        # TOML has no null: "off" (or "none") switches an optional key off.
+        for key in _OPTIONAL:
+            if isinstance(d.get(key), str) and d[key].strip().lower() in ("off", "none"):
+                d[key] = None
         if "reference" in d:
             ref = d["reference"]
             if not isinstance(ref, dict):
