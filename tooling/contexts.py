@@ -59,6 +59,7 @@ class Replay:
     label: np.ndarray  # (N,) oracle partition under the true context
     splits: dict[str, np.ndarray]  # 'train', 'cal', 'test' index arrays, chronological
     meta: dict[str, Any] = field(default_factory=dict)
+    bandwidth_pos_s: np.ndarray | None = None  # (N,) where in the looped trace each event read
 
     def __len__(self) -> int:
         return len(self.t_s)
@@ -215,7 +216,7 @@ def build_replay(
         },
         "fields": list(CONTEXT_FIELDS),
     }
-    return Replay(t, x_true, x_seen, tx, costs, label, splits, meta)
+    return Replay(t, x_true, x_seen, tx, costs, label, splits, meta, pos)
 
 
 def _load(
