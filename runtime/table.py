@@ -1,0 +1,246 @@
+"""The threshold table the device decides from (METHOD.md §8; layout in docs/TABLE.md).
+
+JSON (`table/table.json`) plus flat .npy arrays, never pickle. numpy only; the per-decision
+path (`Table.cell_of`) is pure Python over lists prepared at load.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from carboncp.runtime.context import CONTEXT_FIELDS
+from carboncp.runtime.errors import BundleError
+
+TABLE_FORMAT = "carboncp-table/1"
+TABLE_DIR = "table"
+TABLE_JSON = "table/table.json"
+# Features whose bins index the latency sub-table (latency does not depend on carbon/battery).
+LATENCY_FEATURES = (0, 1, 2, 3)
+
+
+@dataclass
+class Table:
+    """Scores per cell and partition, the calibrated thresholds and the guard's bounds."""
+
+    edges: list[list[float]]  # per CONTEXT_FIELDS feature, increasing; bin = bisect_right
+    scores: np.ndarray  # (n_cells, P+1) float16, s = Q − min_p Q (0 at the cell's argmin)
+    latency_ms: np.ndarray  # (n_lat_cells, P+1) float16: predicted latency per latency cell
+    latency_offset_ms: list[float]  # per partition: conformal upper offset (realised − pred)
+    alpha: float
+    qhat: float  # split-CP threshold on the table's own scores
+    cal_scores: np.ndarray  # (n_cal,) float32: calibration scores of the oracle label (ACI, WCP)
+    cal_bins: np.ndarray  # (n_cal, 7) uint8: calibration contexts' bins for the WCP classifier
+    bandwidth_log_lower: float  # conformal lower offset of log(B_real) − log(B̂)
+    slo_ms: float | None
+    classifier: dict[str, Any]  # BinnedLogit.to_dict() (edges fixed at build, weights refit)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # -- shape -------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(e) + 1 for e in self.edges)
+
+    @property
+    def latency_shape(self) -> tuple[int, ...]:
+        return tuple(len(self.edges[f]) + 1 for f in LATENCY_FEATURES)
+
+    @property
+    def n_partitions(self) -> int:
+        return int(self.scores.shape[1])
+
+    def strides(self, shape: tuple[int, ...]) -> list[int]:
+        out, s = [], 1
+        for d in reversed(shape):
+            out.append(s)
+            s *= d
+        return out[::-1]
+
+    # -- lookups -----------------------------------------------------------------------------
+    def bins(self, x: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        return np.stack(
+            [
+                np.searchsorted(np.asarray(e), x[:, f], side="right")
+                for f, e in enumerate(self.edges)
+            ],
+            axis=1,
+        )
+
+    def cells(self, x: np.ndarray) -> np.ndarray:
+        """Cell index of every context row (numpy; the tooling's path)."""
+        b = self.bins(x)
+        return (b * np.asarray(self.strides(self.shape))).sum(axis=1)
+
+    def latency_cells(self, x: np.ndarray) -> np.ndarray:
+        b = self.bins(x)[:, list(LATENCY_FEATURES)]
+        return (b * np.asarray(self.strides(self.latency_shape))).sum(axis=1)
+
+    def latency_upper_ms(self) -> np.ndarray:
+        """(n_lat_cells, P+1) conformal latency upper bounds of the SLO guard."""
+        return self.latency_ms.astype(np.float64) + np.asarray(self.latency_offset_ms)[None, :]
+
+    def guard_ok(self) -> np.ndarray:
+        """(n_lat_cells, P+1) bool: the partition's latency bound meets the SLO."""
+        if self.slo_ms is None:
+            return np.ones(self.latency_ms.shape, dtype=bool)
+        return self.latency_upper_ms() <= self.slo_ms
+
+    def bandwidth_lower(self, bandwidth_mbps: float) -> float:
+        return bandwidth_mbps * math.exp(self.bandwidth_log_lower)
+
+    def n_bytes(self) -> int:
+        return int(
+            sum(a.nbytes for a in (self.scores, self.latency_ms, self.cal_scores, self.cal_bins))
+        )
+
+    # -- storage -----------------------------------------------------------------------------
+    def layout(self) -> dict[str, Any]:
+        return {
+            "format": TABLE_FORMAT,
+            "features": list(CONTEXT_FIELDS),
+            "edges": [list(map(float, e)) for e in self.edges],
+            "bin_rule": "bin = number of edges <= value (bisect_right); cell = row-major index",
+            "shape": list(self.shape),
+            "latency_features": [CONTEXT_FIELDS[f] for f in LATENCY_FEATURES],
+            "latency_shape": list(self.latency_shape),
+            "n_partitions": self.n_partitions,
+            "alpha": self.alpha,
+            "qhat": _json_float(self.qhat),
+            "slo_ms": self.slo_ms,
+            "latency_offset_ms": [_json_float(v) for v in self.latency_offset_ms],
+            "bandwidth_log_lower": _json_float(self.bandwidth_log_lower),
+            "classifier": self.classifier,
+            "files": {
+                "scores": {
+                    "file": "scores.npy",
+                    "dtype": "float16",
+                    "shape": list(self.scores.shape),
+                },
+                "latency_ms": {
+                    "file": "latency_ms.npy",
+                    "dtype": "float16",
+                    "shape": list(self.latency_ms.shape),
+                },
+                "cal_scores": {
+                    "file": "cal_scores.npy",
+                    "dtype": "float32",
+                    "shape": list(self.cal_scores.shape),
+                },
+                "cal_bins": {
+                    "file": "cal_bins.npy",
+                    "dtype": "uint8",
+                    "shape": list(self.cal_bins.shape),
+                },
+            },
+            "meta": self.meta,
+        }
+
+    def save(self, root: Path) -> list[str]:
+        """Write table/table.json and the .npy files under root; returns their relative paths."""
+        d = Path(root) / TABLE_DIR
+        d.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            "scores.npy": self.scores.astype(np.float16),
+            "latency_ms.npy": self.latency_ms.astype(np.float16),
+            "cal_scores.npy": self.cal_scores.astype(np.float32),
+            "cal_bins.npy": self.cal_bins.astype(np.uint8),
+        }
+        for name, arr in arrays.items():
+            np.save(d / name, np.ascontiguousarray(arr), allow_pickle=False)
+        with open(Path(root) / TABLE_JSON, "w", encoding="utf-8") as f:
+            json.dump(self.layout(), f, indent=1)
+            f.write("\n")
+        return [TABLE_JSON] + [f"{TABLE_DIR}/{n}" for n in arrays]
+
+    @classmethod
+    def from_layout(cls, layout: dict[str, Any], read: Any, where: str = TABLE_JSON) -> Table:
+        """Build from table.json's dict and `read(rel_path) -> Path` (a bundle's file lookup)."""
+        if layout.get("format") != TABLE_FORMAT:
+            raise BundleError(
+                f"{where}: table format {layout.get('format')!r} is not {TABLE_FORMAT!r}; "
+                "rebuild the bundle with 'carboncp build'"
+            )
+        try:
+            arrs = {}
+            for key, spec in layout["files"].items():
+                path = read(f"{TABLE_DIR}/{spec['file']}")
+                arr = np.load(path, allow_pickle=False)
+                if str(arr.dtype) != spec["dtype"] or list(arr.shape) != list(spec["shape"]):
+                    raise BundleError(
+                        f"{path}: dtype/shape {arr.dtype}{list(arr.shape)} differ from "
+                        f"{where} ({spec['dtype']}{spec['shape']}); rebuild the bundle"
+                    )
+                arrs[key] = arr
+            t = cls(
+                edges=[list(map(float, e)) for e in layout["edges"]],
+                scores=arrs["scores"],
+                latency_ms=arrs["latency_ms"],
+                latency_offset_ms=[float(v) for v in layout["latency_offset_ms"]],
+                alpha=float(layout["alpha"]),
+                qhat=float(layout["qhat"]),
+                cal_scores=arrs["cal_scores"],
+                cal_bins=arrs["cal_bins"],
+                bandwidth_log_lower=float(layout["bandwidth_log_lower"]),
+                slo_ms=None if layout.get("slo_ms") is None else float(layout["slo_ms"]),
+                classifier=dict(layout["classifier"]),
+                meta=dict(layout.get("meta", {})),
+            )
+        except KeyError as exc:
+            raise BundleError(f"{where}: missing key {exc}; rebuild the bundle") from exc
+        except ValueError as exc:
+            if isinstance(exc, BundleError):
+                raise
+            raise BundleError(
+                f"{where}: unreadable table array ({exc}); rebuild the bundle"
+            ) from exc
+        if t.shape != tuple(layout["shape"]) or t.scores.shape[0] != math.prod(t.shape):
+            raise BundleError(f"{where}: 'shape' does not match the edges and scores; rebuild")
+        if t.latency_ms.shape[0] != math.prod(t.latency_shape):
+            raise BundleError(f"{where}: latency_ms rows do not match the latency shape; rebuild")
+        return t
+
+    @classmethod
+    def from_bundle(cls, bundle: Any) -> Table:
+        layout = bundle.section("table")
+        if layout is None:
+            raise BundleError(
+                f"{bundle.path}: the bundle has no 'table' section; build one with 'carboncp build'"
+            )
+        return cls.from_layout(layout, bundle.file, str(bundle.path / TABLE_JSON))
+
+
+class CellIndex:
+    """Pure-Python cell lookup (bisect per feature), prepared once at load."""
+
+    def __init__(self, table: Table):
+        self.edges = [list(e) for e in table.edges]
+        self.strides = table.strides(table.shape)
+        lat = table.strides(table.latency_shape)
+        self.lat_strides = [0] * len(self.edges)
+        for k, f in enumerate(LATENCY_FEATURES):
+            self.lat_strides[f] = lat[k]
+        self.active = [f for f, e in enumerate(self.edges) if e]
+
+    def cell_of(self, row: Any) -> tuple[int, int]:
+        """(table cell, latency cell) of one context row (CONTEXT_FIELDS order)."""
+        c = lc = 0
+        br = bisect.bisect_right
+        for f in self.active:
+            b = br(self.edges[f], row[f])
+            c += b * self.strides[f]
+            lc += b * self.lat_strides[f]
+        return c, lc
+
+
+def _json_float(v: float) -> float | str:
+    """JSON has no infinity: +inf is written as the string "inf"."""
+    v = float(v)
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return v

@@ -1,0 +1,238 @@
+"""`carboncp build`: export (if needed) -> profile -> replay -> Q_θ (both objectives) ->
+selection -> threshold table -> calibration -> bundle sections 'table' and 'qnet'.
+
+Without trace options it uses the slices shipped in carboncp.runtime.data: device zone
+DE-LU (the dirtier grid), server zone GB (cleaner), bandwidth `norway_bus_1` (the fastest
+shipped link, 3G at about 3.3 Mbit/s). On such a link local execution is usually optimal for
+ResNet-18 on a Pi 4 (METHOD §9's null scenario): the bundle works, but saves little. Pass
+a faster trace (`--bandwidth`) for a scenario where offloading pays.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from carboncp.runtime.bundle import Bundle
+from carboncp.runtime.conformal import check_alpha
+from carboncp.runtime.errors import BundleError, CarbonCPError
+from carboncp.runtime.traces import shipped_bandwidth_path, shipped_carbon_path
+
+DEFAULT_DEVICE_ZONE = "DE-LU"
+DEFAULT_SERVER_ZONE = "GB"
+DEFAULT_BANDWIDTH = "norway_bus_1"
+
+
+def _say(msg: str, progress: bool) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def default_traces() -> tuple[Path, Path, Path]:
+    return (
+        shipped_carbon_path(DEFAULT_DEVICE_ZONE),
+        shipped_carbon_path(DEFAULT_SERVER_ZONE),
+        shipped_bandwidth_path(DEFAULT_BANDWIDTH),
+    )
+
+
+def _simulate(table: Any, cm: Any, rp: Any, idx: np.ndarray, alpha: float) -> dict[str, float]:
+    from carboncp.tooling.evaluate import run_table_policy
+
+    run = run_table_policy(table, cm, rp.x_seen[idx], rp.label[idx], "A", alpha)
+    ch = run["choice"]
+    r = np.arange(len(idx))
+    lat = rp.costs.latency_ms[idx][r, ch]
+    return {
+        "carbon_g": float(rp.costs.carbon_g[idx][r, ch].sum()),
+        "objective_j": float(rp.costs.objective[idx][r, ch].sum()),
+        "slo_violation_rate": float(np.mean(lat > cm.slo)) if cm.slo is not None else 0.0,
+        "coverage": float(run["covered"].mean()),
+        "mean_set_size": float(run["size"].mean()),
+    }
+
+
+def select_q(reports: dict[str, dict[str, float]], alpha: float) -> tuple[str, str]:
+    """The §9 rule: among objectives whose mode-A SLO-violation rate on the held-out part of
+    the training period is <= α + 0.01, the lower carbon; if neither, the fewer violations."""
+    ok = [k for k, r in reports.items() if r["slo_violation_rate"] <= alpha + 0.01]
+    if ok:
+        best = min(ok, key=lambda k: (reports[k]["carbon_g"], reports[k]["objective_j"]))
+        why = f"meets the SLO-violation target (<= {alpha + 0.01:.2f}) with the lower carbon"
+    else:
+        best = min(reports, key=lambda k: reports[k]["slo_violation_rate"])
+        why = "neither meets the SLO-violation target; fewer violations"
+    return best, why
+
+
+def train_and_compile(
+    bundle_path: str | Path,
+    device_carbon: str | Path | None = None,
+    server_carbon: str | Path | None = None,
+    bandwidth: str | Path | None = None,
+    *,
+    alpha: float = 0.1,
+    events_per_hour: int = 12,
+    days: float | None = None,
+    seed: int = 0,
+    cell_budget: int | None = None,
+    max_epochs: int = 60,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Replay, train both Q_θ objectives, keep the better, compile + calibrate the table."""
+    from carboncp.tooling.evaluate import cost_model_of, make_replay
+    from carboncp.tooling.qnet import train_q
+    from carboncp.tooling.table_build import (
+        DEFAULT_CELL_BUDGET,
+        build_table,
+        calibrate,
+        calibrate_from_replay,
+        split_indices,
+        write_qnet,
+        write_table,
+    )
+
+    alpha = check_alpha(alpha)
+    d0, s0, b0 = default_traces()
+    device_carbon, server_carbon, bandwidth = (
+        device_carbon or d0,
+        server_carbon or s0,
+        bandwidth or b0,
+    )
+    bundle = Bundle.load(bundle_path)
+    cm = cost_model_of(bundle)
+    _say(
+        f"[build] replay: device {Path(device_carbon).name}, server {Path(server_carbon).name}, bandwidth {Path(bandwidth).name}",
+        progress,
+    )
+    rp = make_replay(
+        cm,
+        device_carbon,
+        server_carbon,
+        bandwidth,
+        events_per_hour=events_per_hour,
+        days=days,
+        seed=seed,
+    )
+    tr = split_indices(rp, "train")
+    _say(
+        f"[build] {len(rp)} events (train {len(tr)}); oracle label counts {np.bincount(rp.label, minlength=cm.P + 1).tolist()}",
+        progress,
+    )
+    n_fit = len(tr) - max(1, round(0.2 * len(tr)))
+    val = tr[n_fit:]
+    val_cal, val_eval = val[: len(val) // 2], val[len(val) // 2 :]
+    budget = cell_budget or DEFAULT_CELL_BUDGET
+    models, reports = {}, {}
+    for objective in ("ce", "regression"):
+        _say(f"[build] training Q_θ ({objective}) ...", progress)
+        q = train_q(rp, cm.profile, objective, seed=seed, max_epochs=max_epochs, progress=progress)
+        t = build_table(
+            q.q, cm, rp.x_seen[tr[:n_fit]], slo_ms=cm.slo, cell_budget=budget, seed=seed
+        )
+        calibrate(
+            t,
+            rp.x_seen[val_cal],
+            rp.label[val_cal],
+            rp.costs.latency_ms[val_cal],
+            rp.tx_mbps[val_cal],
+            alpha,
+        )
+        reports[objective] = _simulate(t, cm, rp, val_eval, alpha) | {"train": q.report}
+        models[objective] = q
+        r = reports[objective]
+        _say(
+            f"[build]   {objective}: held-out mode A carbon {r['carbon_g']:.4f} g, SLO violations "
+            f"{r['slo_violation_rate']:.3f}, coverage {r['coverage']:.3f}, mean set {r['mean_set_size']:.2f}",
+            progress,
+        )
+    best, why = select_q(reports, alpha)
+    _say(f"[build] keeping Q_θ[{best}]: {why}", progress)
+    _say("[build] compiling the threshold table ...", progress)
+    table = build_table(
+        models[best].q,
+        cm,
+        rp.x_seen[tr],
+        slo_ms=cm.slo,
+        cell_budget=budget,
+        seed=seed,
+        progress=progress,
+    )
+    calibrate_from_replay(table, rp, "cal", alpha)
+    cal = table.meta["calibration"]
+    _say(
+        f"[build] calibrated on {cal['n_cal']} events: q̂ = {table.qhat:.4g}, coverage on cal {cal['coverage_on_cal']:.3f}",
+        progress,
+    )
+    table.meta.update(
+        q_objective=best,
+        q_selection={"rule": why, "held_out": reports},
+        build={
+            "device_carbon": str(device_carbon),
+            "server_carbon": str(server_carbon),
+            "bandwidth": str(bandwidth),
+            "alpha": alpha,
+            "events_per_hour": events_per_hour,
+            "seed": seed,
+            "replay": rp.meta,
+        },
+    )
+    write_table(bundle.path, table)
+    write_qnet(bundle.path, models[best])
+    _say(
+        f"[build] wrote table/ ({table.n_bytes()} bytes of arrays, {table.scores.shape[0]} cells) and qnet/",
+        progress,
+    )
+    return {"table": table, "selected": best, "reports": reports, "replay": rp}
+
+
+def _bundle_ok(out: Path, model: str) -> bool:
+    try:
+        b = Bundle.load(out)
+    except CarbonCPError:
+        return False
+    return b.model_name == model
+
+
+def build_bundle(
+    model: str = "resnet18",
+    out: str | Path = "models/bundles/resnet18",
+    device_profile: str = "rpi4",
+    device_carbon: str | Path | None = None,
+    server_carbon: str | Path | None = None,
+    bandwidth: str | Path | None = None,
+    alpha: float = 0.1,
+    objective: str | Path | None = None,
+    progress: bool = True,
+    **kw: Any,
+) -> Path:
+    """The whole pipeline; reuses a valid bundle of the same model at `out`."""
+    alpha = check_alpha(alpha)
+    if (device_carbon is None) != (server_carbon is None):
+        raise CarbonCPError("give both --device-carbon and --server-carbon, or neither")
+    out = Path(out)
+    t0 = time.monotonic()
+    if _bundle_ok(out, model):
+        _say(f"[build] reusing the valid {model} bundle at {out}", progress)
+    else:
+        from carboncp.tooling.export import export_bundle
+
+        _say(f"[build] exporting {model} to {out} ...", progress)
+        export_bundle(model, out, progress=progress)
+    _say(f"[build] profiling ({device_profile}) ...", progress)
+    from carboncp.tooling.profile import profile_bundle
+
+    pkw: dict[str, Any] = {"device_profile": device_profile}
+    if objective is not None:
+        pkw["objective"] = objective
+    profile_bundle(out, **pkw)
+    if Bundle.load(out).section("objective") is None:
+        raise BundleError(f"{out}: profiling wrote no 'objective' section")
+    train_and_compile(
+        out, device_carbon, server_carbon, bandwidth, alpha=alpha, progress=progress, **kw
+    )
+    _say(f"[build] done in {time.monotonic() - t0:.0f} s: {out}", progress)
+    return out
