@@ -118,10 +118,23 @@ def _top_module(node: torch.fx.Node) -> str | None:
     return None
 
 
+def _group(node: torch.fx.Node) -> str:
+    """The top-level submodule a node belongs to, or the node itself for top-level ops."""
+    return _top_module(node) or node.name
+
+
 def graph_cuts(model: nn.Module, example: torch.Tensor) -> tuple[list[str], list[nn.Module]]:
     """Split `model` at every valid cut of its exported graph; return names and stages."""
-    with torch.no_grad():
-        ep = torch.export.export(model, (example,))
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(model, (example,))
+    except Exception as exc:  # export raises many types; all mean "cannot trace this model"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"{type(model).__name__}: torch.export failed on an input of shape "
+            f"{list(example.shape)} ({first}); automatic cuts need an exportable model with "
+            "exactly one tensor input"
+        ) from exc
     gm = ep.module()
     graph = gm.graph
     out_node = next(n for n in graph.nodes if n.op == "output")
@@ -159,12 +172,7 @@ def graph_cuts(model: nn.Module, example: torch.Tensor) -> tuple[list[str], list
             and len(n.meta["val"].shape) >= 1
         ):
             candidates.append(i)
-    boundary = []
-    for i in candidates:
-        nxt = order[i + 1] if i + 1 < len(order) else None
-        top = _top_module(order[i])
-        if nxt is not None and top is not None and top != _top_module(nxt):
-            boundary.append(i)
+    boundary = [i for i in candidates if _group(order[i]) != _group(order[i + 1])]
     chosen = boundary or candidates
     if not chosen:
         raise ConfigError(
@@ -179,8 +187,8 @@ def graph_cuts(model: nn.Module, example: torch.Tensor) -> tuple[list[str], list
         final = final[0]
     names = ["input"]
     for i in chosen:
-        names.append(_top_module(order[i]) if boundary else order[i].name)
-    names.append((_top_module(final) if boundary else None) or "output")
+        names.append(_group(order[i]) if boundary else order[i].name)
+    names.append(_group(final) if boundary else "output")
     # de-duplicate names (a module may appear twice when reused)
     seen: dict[str, int] = {}
     for k, nm in enumerate(names):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch (the tooling extra)")
-from torch import nn  # noqa: E402
-
 from carboncp.models.zoo import load_model  # noqa: E402
 from carboncp.runtime.errors import ConfigError  # noqa: E402
 from carboncp.tooling.cuts import Normalize, find_cuts  # noqa: E402
+from torch import nn  # noqa: E402
+
 from tests.tiny_bundle import TinyNet  # noqa: E402
 
 
