@@ -1,0 +1,452 @@
+"""The device loop: read the context, decide, run the head, offload, fall back, record.
+
+For each input (METHOD §2-3, §7):
+1. the context the device sees: bandwidth and RTT from the estimator, device load from
+   /proc, server load from the last answer, carbon of both zones from the MQTT subscriber,
+   battery from the power source's state of charge (or a modelled battery);
+2. the policy decides a partition p (a failing policy means local execution, flagged);
+3. the head runs on the device (p >= 1), then partition p's wire tensor goes to the server
+   within the transfer deadline; p = P needs no server;
+4. on any OffloadError the device finishes locally (its own tail if it has one, else the
+   full model on the original input) and the wasted radio time is counted: every input gets
+   an answer;
+5. the realised context is fed back to the policy (online recalibration) and one JSON line
+   is written: time, partition, set, context seen and realised, latency, device energy
+   (measured by the EnergyMeter, or modelled and flagged), the cost model's estimate of the
+   inference on the realised context (carbon, energy, latency, battery), fallbacks taken.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import IO, Any, Protocol
+
+import numpy as np
+from carboncp.runtime.bandwidth import BandwidthEstimator
+from carboncp.runtime.bundle import Bundle
+from carboncp.runtime.context import Context, Decision, Policy, context_to_row
+from carboncp.runtime.errors import OffloadError
+from carboncp.runtime.offload import OffloadClient, OffloadFailed, OffloadResult
+
+ABANDON_KINDS = ("timeout", "abandoned")
+
+
+class CarbonSource(Protocol):
+    def current(self, zone: str) -> Any: ...
+
+
+class StaticCarbon:
+    """Fixed intensities per zone: the documented stand-in when no broker is configured."""
+
+    def __init__(self, values: dict[str, float]):
+        self.values = dict(values)
+
+    def current(self, zone: str) -> Any:
+        return _CarbonNow(float(self.values[zone]), 0.0, "static")
+
+
+@dataclass(frozen=True)
+class _CarbonNow:
+    gco2_per_kwh: float
+    age_s: float
+    state: str
+
+
+class LoadSampler:
+    """Device load u in [0, 1]: busy share of CPU time since the last call (/proc/stat), or the
+    1-minute load average over the CPU count, or `fixed` when given (emulation, tests)."""
+
+    def __init__(self, fixed: float | None = None, proc: str = "/proc"):
+        self.fixed = fixed
+        self.proc = proc
+        self._last: tuple[int, int] | None = None
+        self.errors = 0
+
+    def _stat(self) -> tuple[int, int]:
+        with open(os.path.join(self.proc, "stat"), encoding="ascii") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+        return sum(vals), idle
+
+    def __call__(self) -> float:
+        if self.fixed is not None:
+            return self.fixed
+        try:
+            total, idle = self._stat()
+            last, self._last = self._last, (total, idle)
+            if last is not None and total > last[0]:
+                return min(1.0, max(0.0, 1.0 - (idle - last[1]) / (total - last[0])))
+            with open(os.path.join(self.proc, "loadavg"), encoding="ascii") as f:
+                la = float(f.read().split()[0])
+            return min(1.0, max(0.0, la / (os.cpu_count() or 1)))
+        except (OSError, ValueError, IndexError):
+            self.errors += 1  # a missing /proc is not a reason to stop: assume idle
+            return 0.0
+
+
+@dataclass
+class LoopConfig:
+    mode: str = "A"
+    deadline_ms: float = 300.0
+    device_zone: str = "device"
+    server_zone: str = "server"
+    carbon_fallback_gco2_per_kwh: float = 400.0  # when a zone has no usable value at all
+    battery_pct: float = 100.0  # starting charge of the modelled battery (no soc_pct source)
+    probe_after_s: float | None = None  # active probe when no offload measured for this long
+    p_idle_mw: float | None = None  # probe energy; defaults to the profile's idle power
+
+
+@dataclass
+class InferenceRecord:
+    i: int
+    time_unix: float
+    partition: int
+    candidates: list[int]
+    mode: str
+    cell: int | None
+    decision_flags: list[str]
+    seen: dict[str, float]
+    realised: dict[str, float]
+    latency_ms: float
+    phases_ms: dict[str, float]
+    offloaded: bool
+    fallbacks: list[str]
+    wasted_ms: float
+    offload: dict[str, Any] | None
+    energy_j: float | None
+    energy_flags: list[str]
+    battery_pct: float
+    battery_source: str
+    carbon_state: dict[str, str]
+    model: dict[str, float] | None
+    carbon_g: float | None
+    true_bandwidth_mbps: float | None = None
+    output: np.ndarray | None = field(default=None, repr=False)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d.pop("output")
+        return json.dumps(_finite_json(d), allow_nan=False)
+
+
+class DeviceLoop:
+    """One device's decide-run-offload loop over a bundle."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        policy: Policy,
+        head_runner: Any,
+        client: OffloadClient | None = None,
+        carbon: CarbonSource | None = None,
+        estimator: BandwidthEstimator | None = None,
+        config: LoopConfig | None = None,
+        cost_model: Any = None,
+        meter: Any = None,
+        power_source: Any = None,
+        tail_runner: Any = None,
+        load: Callable[[], float] | None = None,
+        log: IO[str] | None = None,
+        true_bandwidth: Callable[[], float] | None = None,
+    ):
+        self.bundle = bundle
+        self.P = bundle.last
+        self.policy = policy
+        self.head = head_runner
+        self.client = client
+        self.carbon = carbon
+        self.estimator = estimator or BandwidthEstimator()
+        self.cfg = config or LoopConfig()
+        self.cost_model = cost_model
+        self.meter = meter
+        self.power_source = power_source
+        self.tail = tail_runner
+        self.load = load or LoadSampler()
+        self.log = log
+        self.true_bandwidth = true_bandwidth or (
+            client.shaper.bandwidth_mbps if client is not None and client.shaper else None
+        )
+        self.server_load = 0.0
+        self.battery_pct = float(self.cfg.battery_pct)
+        self.count = 0
+        self.counters: dict[str, int] = {"offloaded": 0, "local": 0, "fallback": 0}
+        self._carbon_last: dict[str, float] = {}
+
+    # -- context ------------------------------------------------------------------------
+    def _carbon(self, zone: str) -> tuple[float, str]:
+        if self.carbon is None:
+            return self.cfg.carbon_fallback_gco2_per_kwh, "no_broker"
+        try:
+            cv = self.carbon.current(zone)
+            val = float(cv.gco2_per_kwh)
+            if math.isfinite(val) and val >= 0:
+                self._carbon_last[zone] = val
+                return val, str(getattr(cv, "state", "ok"))
+        except Exception:  # a signal fault must never stop inference
+            pass
+        if zone in self._carbon_last:
+            return self._carbon_last[zone], "last_good"
+        return self.cfg.carbon_fallback_gco2_per_kwh, "fallback"
+
+    def _battery(self) -> tuple[float, str]:
+        reading = None
+        if self.meter is not None:
+            reading = self.meter.latest()
+        if reading is not None and reading.soc_pct is not None and math.isfinite(reading.soc_pct):
+            return float(reading.soc_pct), "measured"
+        return self.battery_pct, "modelled"
+
+    def read_context(self) -> tuple[Context, dict[str, str]]:
+        est = self.estimator.estimate()
+        i_d, s_d = self._carbon(self.cfg.device_zone)
+        i_s, s_s = self._carbon(self.cfg.server_zone)
+        bat, _ = self._battery()
+        ctx = Context(
+            bandwidth_mbps=est.bandwidth_mbps,
+            rtt_ms=est.rtt_ms,
+            device_load=float(self.load()),
+            server_load=self.server_load,
+            device_gco2_per_kwh=i_d,
+            server_gco2_per_kwh=i_s,
+            battery_pct=bat,
+        )
+        return ctx, {self.cfg.device_zone: s_d, self.cfg.server_zone: s_s}
+
+    # -- one inference ------------------------------------------------------------------
+    def infer(self, x: np.ndarray) -> InferenceRecord:
+        clock = time.perf_counter
+        t_start = clock()
+        t_start_mono = time.monotonic()
+        wall = time.time()
+        if self.client is not None and self.cfg.probe_after_s is not None:
+            p_idle = self.cfg.p_idle_mw or getattr(
+                getattr(self.cost_model, "profile", None), "p_idle_mw", 0.0
+            )
+            self.estimator.maybe_probe(self.client.probe, self.cfg.probe_after_s, p_idle)
+        seen, carbon_state = self.read_context()
+        try:
+            decision = self.policy.decide(seen)
+            if not 0 <= decision.partition <= self.P:
+                raise ValueError(f"partition {decision.partition} outside 0..{self.P}")
+        except Exception as exc:
+            decision = Decision(
+                self.P, (self.P,), self.cfg.mode, None, (f"policy_error:{type(exc).__name__}",)
+            )
+        p = decision.partition
+        t_decided = clock()
+        phases = {"context_decide": (t_decided - t_start) * 1000.0}
+        fallbacks: list[str] = []
+        wasted_s = 0.0
+        result: OffloadResult | None = None
+        true_bw = self.true_bandwidth() if self.true_bandwidth is not None else None
+
+        a = x if p == 0 else self.head.run(p, x)
+        t_head = clock()
+        phases["head"] = (t_head - t_decided) * 1000.0
+        output: np.ndarray
+        if p == self.P:
+            output = a
+            self.counters["local"] += 1
+        else:
+            try:
+                if self.client is None:
+                    raise OffloadFailed("no_server", "no edge server configured")
+                result = self.client.infer(p, a, self.cfg.deadline_ms / 1000.0)
+                output = result.output
+                self.server_load = result.server_load
+                self.estimator.update(result.bandwidth_mbps, result.rtt_ms)
+                self.counters["offloaded"] += 1
+            except OffloadError as exc:
+                kind = getattr(exc, "kind", "unavailable")
+                fallbacks.append(kind)
+                wasted_s = float(getattr(exc, "elapsed_s", 0.0))
+                if kind in ABANDON_KINDS:
+                    self.estimator.update_abandoned(getattr(exc, "bytes_sent", 0), wasted_s)
+                t_fb = clock()
+                output = self._finish_locally(p, a, x, fallbacks)
+                phases["local_finish"] = (clock() - t_fb) * 1000.0
+                self.counters["fallback"] += 1
+            phases["offload"] = (clock() - t_head) * 1000.0 - phases.get("local_finish", 0.0)
+        t_end = clock()
+        latency_ms = (t_end - t_start) * 1000.0
+
+        realised = Context(
+            bandwidth_mbps=(
+                true_bw
+                if true_bw is not None
+                else result.bandwidth_mbps
+                if result is not None
+                else self.estimator.bandwidth_mbps
+            ),
+            rtt_ms=result.rtt_ms if result is not None else seen.rtt_ms,
+            device_load=seen.device_load,
+            server_load=self.server_load,
+            device_gco2_per_kwh=seen.device_gco2_per_kwh,
+            server_gco2_per_kwh=seen.server_gco2_per_kwh,
+            battery_pct=seen.battery_pct,
+        )
+        with_fallback = bool(fallbacks)
+        model = self._model(p, realised, with_fallback)
+        energy_j, energy_flags = self._energy(t_start_mono, phases, p, result, wasted_s, model)
+        if energy_j is not None and self.cost_model is not None:
+            self.battery_pct = max(
+                0.0,
+                self.battery_pct - 100.0 * energy_j / (3600.0 * self.cost_model.profile.battery_wh),
+            )
+        battery_pct, battery_src = self._battery()
+        try:
+            self.policy.observe(decision, seen, realised)
+        except Exception:
+            decision = Decision(
+                p,
+                decision.candidates,
+                decision.mode,
+                decision.cell,
+                (*decision.flags, "observe_error"),
+            )
+        carbon_g = None
+        if model is not None:
+            carbon_g = model["carbon_g"]
+            if energy_j is not None:  # device part from the energy actually used
+                e_srv = model["server_energy_j"]
+                carbon_g = (
+                    seen.device_gco2_per_kwh * energy_j + seen.server_gco2_per_kwh * e_srv
+                ) / 3.6e6
+        rec = InferenceRecord(
+            i=self.count,
+            time_unix=wall,
+            partition=p,
+            candidates=[int(c) for c in decision.candidates],
+            mode=decision.mode,
+            cell=decision.cell,
+            decision_flags=list(decision.flags),
+            seen=asdict(seen),
+            realised=asdict(realised),
+            latency_ms=latency_ms,
+            phases_ms=phases,
+            offloaded=result is not None,
+            fallbacks=fallbacks,
+            wasted_ms=wasted_s * 1000.0,
+            offload=None
+            if result is None
+            else {
+                "bytes": result.bytes_sent,
+                "wire_dtype": result.wire_dtype,
+                "rtt_ms": result.rtt_ms,
+                "send_ms": result.send_ms,
+                "total_ms": result.total_ms,
+                "server_ms": result.server_ms,
+                "bandwidth_mbps": result.bandwidth_mbps,
+            },
+            energy_j=energy_j,
+            energy_flags=energy_flags,
+            battery_pct=battery_pct,
+            battery_source=battery_src,
+            carbon_state=carbon_state,
+            model=model,
+            carbon_g=carbon_g,
+            true_bandwidth_mbps=true_bw,
+            output=output,
+        )
+        self.count += 1
+        if self.log is not None:
+            self.log.write(rec.to_json() + "\n")
+            self.log.flush()
+        return rec
+
+    def _finish_locally(
+        self, p: int, a: np.ndarray, x: np.ndarray, fallbacks: list[str]
+    ) -> np.ndarray:
+        if self.tail is not None:
+            try:
+                tail_in = a if p == 0 else np.asarray(a, dtype=np.float32)
+                out = self.tail.run(p, tail_in)
+                fallbacks.append("local_tail")
+                return out
+            except Exception:
+                fallbacks.append("local_tail_failed")
+        fallbacks.append("local_full")
+        return self.head.run(self.P, x)
+
+    def _model(self, p: int, realised: Context, fell_back: bool) -> dict[str, float] | None:
+        """The cost model's figures for partition p on the realised context (None without a
+        profile). A fallback is modelled as an outage (B = 0): wasted radio time at the
+        deadline plus local completion, the cost METHOD §3 charges."""
+        if self.cost_model is None:
+            return None
+        row = np.asarray([context_to_row(realised)], dtype=np.float64)
+        tx = np.asarray([0.0 if fell_back else realised.bandwidth_mbps])
+        c = self.cost_model.evaluate(row, tx)
+        return {
+            "latency_ms": float(c.latency_ms[0, p]),
+            "device_energy_j": float(c.device_energy_j[0, p]),
+            "server_energy_j": float(c.server_energy_j[0, p] + c.network_energy_j[0, p]),
+            "carbon_g": float(c.carbon_g[0, p]),
+            "battery_pct": float(c.battery_pct[0, p]),
+            "objective": float(c.objective[0, p]),
+            "fallback": float(bool(c.fallback[0, p])),
+        }
+
+    def _energy(
+        self,
+        t0: float,
+        phases: dict[str, float],
+        p: int,
+        result: OffloadResult | None,
+        wasted_s: float,
+        model: dict[str, float] | None,
+    ) -> tuple[float | None, list[str]]:
+        """Measured device energy over the inference, or modelled from the phases' durations
+        with the profile's powers (flagged 'modelled')."""
+        modelled = None
+        prof = getattr(self.cost_model, "profile", None)
+        if prof is not None:
+            compute_ms = phases.get("head", 0.0) + phases.get("local_finish", 0.0)
+            radio_ms = wasted_s * 1000.0
+            wait_ms = 0.0
+            bw = self.estimator.bandwidth_mbps
+            if result is not None:
+                radio_ms = max(0.0, result.total_ms - result.server_ms)
+                wait_ms = result.server_ms
+                bw = result.bandwidth_mbps
+            p_radio = self.cost_model.objective.radio_power_mw(bw)
+            modelled = (
+                prof.p_active_mw * compute_ms
+                + (prof.p_idle_mw + p_radio) * radio_ms
+                + prof.p_idle_mw * wait_ms
+            ) * 1e-6
+        if self.meter is None:
+            return modelled, ["modelled", "no_power_source"] if modelled is not None else [
+                "no_energy"
+            ]
+        m = self.meter.energy_j(t0, time.monotonic(), modelled_j=modelled)
+        return m.energy_j, list(m.flags)
+
+    def run(
+        self,
+        inputs: Iterable[np.ndarray],
+        progress: Callable[[InferenceRecord], None] | None = None,
+    ) -> Iterator[InferenceRecord]:
+        for x in inputs:
+            rec = self.infer(x)
+            if progress is not None:
+                progress(rec)
+            yield rec
+
+
+def _finite_json(o: Any) -> Any:
+    """JSON-safe copy: numpy scalars to Python, non-finite floats to None."""
+    if isinstance(o, dict):
+        return {k: _finite_json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite_json(v) for v in o]
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o

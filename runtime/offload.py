@@ -1,0 +1,317 @@
+"""The offload client: send partition p's wire tensor to the edge server, get the output back.
+
+A small HTTP/1.1 client on a plain socket (one connection per request, so a restarted server
+is picked up at once), because the transfer deadline of METHOD.md §3 needs control over every
+chunk: a transfer that has not finished by the deadline is abandoned, and it is abandoned
+early as soon as the bytes sent so far show the deadline cannot be met. Every failure
+(unreachable, timed out, abandoned, 4xx, 5xx, malformed answer) raises OffloadError carrying
+how long the radio was busy, so the loop can finish locally and count the wasted time.
+
+Realised link figures: RTT is the TCP connect time (one round trip) plus the shaper's
+emulated RTT; the uplink rate is the payload's bits over (round trip - server time - RTT).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import numpy as np
+from carboncp.runtime import wire
+from carboncp.runtime.bundle import Bundle
+from carboncp.runtime.errors import ConfigError, OffloadError
+from carboncp.runtime.server import model_name
+from carboncp.runtime.shaping import LinkShaper
+
+CHUNK_BYTES = 16 * 1024
+MIN_EVIDENCE_S = 0.005  # do not extrapolate the rate from less than this much sending
+MAX_RESPONSE_HEADER = 64 * 1024
+
+
+class OffloadFailed(OffloadError):
+    """OffloadError with what it cost: `kind`, `elapsed_s` of radio time, `bytes_sent`."""
+
+    def __init__(self, kind: str, message: str, elapsed_s: float = 0.0, bytes_sent: int = 0):
+        super().__init__(f"offload {kind}: {message}")
+        self.kind = kind
+        self.elapsed_s = elapsed_s
+        self.bytes_sent = bytes_sent
+
+
+@dataclass(frozen=True)
+class OffloadResult:
+    output: np.ndarray
+    partition: int
+    wire_dtype: str
+    bytes_sent: int
+    rtt_ms: float
+    send_ms: float
+    total_ms: float
+    server_ms: float
+    server_load: float
+    bandwidth_mbps: float  # realised uplink rate
+
+
+def parse_server_url(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigError(
+            f"server url {url!r} must look like http://HOST:PORT (https: use a proxy)"
+        )
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise ConfigError(f"server url {url!r} has an invalid port") from None
+    return parts.hostname, port
+
+
+class OffloadClient:
+    """Sends wire tensors of one bundle to one server. Thread-compatible, not thread-safe."""
+
+    def __init__(
+        self,
+        url: str,
+        bundle: Bundle,
+        token: str | None = None,
+        float16: bool = False,
+        shaper: LinkShaper | None = None,
+        connect_timeout_s: float = 2.0,
+    ):
+        self.host, self.port = parse_server_url(url)
+        self.url = url
+        self.bundle = bundle
+        self.token = token
+        self.float16 = float16
+        self.shaper = shaper
+        self.connect_timeout_s = connect_timeout_s
+        self.out_spec = wire.output_spec(bundle)
+
+    def spec(self, p: int) -> wire.WireSpec:
+        return wire.wire_spec(self.bundle, p, float16=self.float16)
+
+    def infer(self, p: int, x: np.ndarray, deadline_s: float) -> OffloadResult:
+        """Offload partition p's tail on wire tensor x (the image at p = 0, else the head's
+        float32 output) within deadline_s seconds of now, or raise OffloadFailed."""
+        spec = self.spec(p)
+        try:
+            data = wire.encode(x, spec)
+        except wire.WireFormatError as exc:
+            raise OffloadFailed("refused", f"p={p}: {exc}") from None
+        head = wire.request_header(spec)
+        request = self._request_head(p, len(head) + len(data), len(head))
+        payload = memoryview(request + head + data)
+        t0 = time.monotonic()
+        deadline = t0 + deadline_s
+        sent = 0
+        sock: socket.socket | None = None
+        try:
+            try:
+                sock = socket.create_connection(
+                    (self.host, self.port),
+                    timeout=max(1e-3, min(self.connect_timeout_s, deadline_s)),
+                )
+            except OSError as exc:
+                kind = "timeout" if isinstance(exc, TimeoutError) else "unreachable"
+                raise OffloadFailed(kind, f"{self.url}: {exc}", time.monotonic() - t0) from None
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            rtt_ms = (time.monotonic() - t0) * 1000.0
+            if self.shaper is not None:
+                self.shaper.delay_rtt(deadline)
+                rtt_ms += self.shaper.rtt_ms
+            t_send = time.monotonic()
+            total = len(payload)
+            while sent < total:
+                now = time.monotonic()
+                remaining_s = deadline - now
+                if remaining_s <= 0:
+                    raise OffloadFailed(
+                        "timeout",
+                        f"deadline {deadline_s * 1000:.0f} ms passed after {sent}/{total} bytes",
+                        now - t0,
+                        sent,
+                    )
+                spent = now - t_send
+                if (
+                    spent >= MIN_EVIDENCE_S
+                    and sent > 0
+                    and spent * (total - sent) / sent > remaining_s
+                ):
+                    raise OffloadFailed(
+                        "abandoned",
+                        f"{sent}/{total} bytes in {spent * 1000:.0f} ms cannot finish within the "
+                        f"{deadline_s * 1000:.0f} ms deadline",
+                        now - t0,
+                        sent,
+                    )
+                chunk = payload[sent : sent + CHUNK_BYTES]
+                if self.shaper is not None:
+                    self.shaper.pace(len(chunk), deadline)
+                sock.settimeout(max(1e-3, deadline - time.monotonic()))
+                sock.sendall(chunk)
+                sent += len(chunk)
+            send_ms = (time.monotonic() - t_send) * 1000.0
+            status, headers, body = self._read_response(sock, deadline)
+        except OffloadFailed:
+            raise
+        except TimeoutError as exc:
+            raise OffloadFailed(
+                "timeout",
+                f"{self.url}: {exc or 'timed out'} after {sent} bytes",
+                time.monotonic() - t0,
+                sent,
+            ) from None
+        except OSError as exc:
+            raise OffloadFailed(
+                "unreachable", f"{self.url}: {exc}", time.monotonic() - t0, sent
+            ) from None
+        finally:
+            if sock is not None:
+                sock.close()
+        total_ms = (time.monotonic() - t0) * 1000.0
+        elapsed = total_ms / 1000.0
+        if status != 200:
+            kind = "server_error" if status >= 500 else "refused"
+            raise OffloadFailed(kind, f"HTTP {status}: {_error_text(body)}", elapsed, sent)
+        try:
+            y, params = self._decode_response(headers, body)
+        except (wire.WireFormatError, ValueError) as exc:
+            raise OffloadFailed("bad_response", str(exc), elapsed, sent) from None
+        server_ms = _finite(params.get("server_ms"), 0.0)
+        server_load = min(1.0, max(0.0, _finite(params.get("server_load"), 0.0)))
+        transfer_s = max(send_ms / 1000.0, (total_ms - server_ms - rtt_ms) / 1000.0, 1e-6)
+        return OffloadResult(
+            output=y,
+            partition=p,
+            wire_dtype=spec.dtype,
+            bytes_sent=sent,
+            rtt_ms=rtt_ms,
+            send_ms=send_ms,
+            total_ms=total_ms,
+            server_ms=server_ms,
+            server_load=server_load,
+            bandwidth_mbps=8.0 * len(data) / transfer_s / 1e6,
+        )
+
+    def _request_head(self, p: int, content_length: int, header_length: int) -> bytes:
+        lines = [
+            f"POST /v2/models/{model_name(self.bundle, p)}/infer HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            "Content-Type: application/octet-stream",
+            f"Content-Length: {content_length}",
+            f"{wire.HEADER_LENGTH}: {header_length}",
+            "Connection: close",
+        ]
+        if self.token:
+            lines.append(f"Authorization: Bearer {self.token}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _read_response(
+        self, sock: socket.socket, deadline: float
+    ) -> tuple[int, dict[str, str], bytes]:
+        limit = MAX_RESPONSE_HEADER + self.out_spec.nbytes + 64 * 1024
+        buf = bytearray()
+        while b"\r\n\r\n" not in buf:
+            buf += self._recv(sock, deadline)
+            if len(buf) > MAX_RESPONSE_HEADER:
+                raise OffloadFailed("bad_response", "response headers too long")
+        raw_head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+        lines = raw_head.decode("latin-1").split("\r\n")
+        try:
+            status = int(lines[0].split()[1])
+        except (IndexError, ValueError):
+            raise OffloadFailed("bad_response", f"bad status line {lines[0][:80]!r}") from None
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        try:
+            length = int(headers.get("content-length", "-1"))
+        except ValueError:
+            length = -1
+        if length < 0 or length > limit:
+            raise OffloadFailed("bad_response", f"response Content-Length {length} out of bounds")
+        body = bytearray(rest)
+        while len(body) < length:
+            body += self._recv(sock, deadline)
+        return status, headers, bytes(body[:length])
+
+    @staticmethod
+    def _recv(sock: socket.socket, deadline: float) -> bytes:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("deadline passed waiting for the server's answer")
+        sock.settimeout(remaining)
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionResetError("server closed the connection mid-response")
+        return chunk
+
+    def _decode_response(self, headers: dict[str, str], body: bytes) -> tuple[np.ndarray, dict]:
+        head_raw, binary = wire.split_body(body, headers.get(wire.HEADER_LENGTH.lower()))
+        head = wire.parse_json_header(head_raw)
+        outputs = head.get("outputs")
+        if not isinstance(outputs, list) or len(outputs) != 1:
+            raise wire.WireFormatError("response must carry exactly one output")
+        spec, size = wire.tensor_spec_of(outputs[0], "outputs[0]")
+        if spec != self.out_spec:
+            raise wire.WireFormatError(
+                f"server returned {spec.datatype}{list(spec.shape)}, bundle says "
+                f"{self.out_spec.datatype}{list(self.out_spec.shape)}"
+            )
+        if size is None:
+            data = outputs[0].get("data")
+            y = np.asarray(data, dtype=np.float32).reshape(spec.shape)
+        else:
+            if size != len(binary):
+                raise wire.WireFormatError(f"binary_data_size {size} != {len(binary)} bytes")
+            y = wire.decode(binary, spec).copy()
+        params = head.get("parameters") or {}
+        return y, params if isinstance(params, dict) else {}
+
+    def probe(self) -> tuple[float, float, int]:
+        """A small active probe: GET /v2/health/ready; returns (bandwidth_mbps or nan, rtt_ms, bytes).
+
+        It measures the round trip only (too small to measure rate): bandwidth is NaN."""
+        t0 = time.monotonic()
+        with socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s) as s:
+            rtt_ms = (time.monotonic() - t0) * 1000.0
+            req = f"GET /v2/health/ready HTTP/1.1\r\nHost: {self.host}\r\nConnection: close\r\n\r\n"
+            s.sendall(req.encode())
+            n = len(req)
+            while chunk := s.recv(4096):
+                n += len(chunk)
+        if self.shaper is not None:
+            rtt_ms += self.shaper.rtt_ms
+        return float("nan"), rtt_ms, n
+
+    def ready(self, timeout_s: float = 1.0) -> bool:
+        """True when the server answers 200 on /v2/health/ready."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=timeout_s) as s:
+                s.settimeout(timeout_s)
+                s.sendall(
+                    f"GET /v2/health/ready HTTP/1.1\r\nHost: {self.host}\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                )
+                first = s.recv(64)
+            return first.startswith(b"HTTP/1.") and first.split()[1] == b"200"
+        except (OSError, IndexError):
+            return False
+
+
+def _finite(v: object, default: float) -> float:
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+    return f if np.isfinite(f) else default
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        return str(json.loads(body.decode("utf-8")).get("error", ""))[:300]
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return body[:200].decode("latin-1", "replace")

@@ -1,0 +1,193 @@
+"""Settings of `carboncp run`: a TOML file and the command line (the command line wins).
+
+Keys (TOML at the top level or under [run]; CLI flags use dashes):
+  bundle, server, token, broker, broker_username, broker_password, tls_ca, device_id,
+  carbon_ttl_s, carbon_fallback_gco2_per_kwh, device_zone, server_zone, power, power_rate_hz,
+  mode, policy, alpha, seed, input, count, interval_s, log, backend, local_tail,
+  deadline_ms, float16, device_load, battery_pct, probe_after_s,
+  shape_trace, shape_scale, shape_rtt_ms
+Every value is checked at start-up; an error names the key and where it came from.
+See deploy/run.example.toml.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from carboncp.runtime.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MODES = ("A", "M", "R")
+BACKENDS = ("litert", "executorch")
+_POLICY_RE = re.compile(r"^(table|argmin|local|server|fixed:\d+)$")
+_ZONE_RE = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
+
+
+@dataclass
+class RunSettings:
+    bundle: str | None = None
+    server: str | None = None  # http://HOST:PORT; None = local only
+    token: str | None = None
+    broker: str | None = None  # mqtt://HOST:PORT (mqtts:// for TLS); None = fixed carbon values
+    broker_username: str | None = None
+    broker_password: str | None = None
+    tls_ca: str | None = None
+    device_id: str = "device"
+    carbon_ttl_s: float = 7200.0
+    carbon_fallback_gco2_per_kwh: float = 400.0
+    device_zone: str = "DE-LU"
+    server_zone: str = "GB"
+    power: str = "none"
+    power_rate_hz: float = 100.0
+    mode: str = "A"
+    policy: str = "table"  # table | argmin | local | server | fixed:P
+    alpha: float | None = None
+    seed: int = 0
+    input: str = "random"  # a folder of .npy (or PNG/JPEG with Pillow) images, or "random"
+    count: int = 100
+    interval_s: float = 0.0
+    log: str | None = None
+    backend: str = "litert"
+    local_tail: bool = False  # finish a failed offload with the device's own ExecuTorch tail
+    deadline_ms: float | None = None  # None = the bundle objective's deadline
+    float16: bool = False
+    device_load: float | None = None  # None = measured from /proc; a number fixes it (emulation)
+    battery_pct: float = 100.0
+    probe_after_s: float | None = None
+    shape_trace: str | None = None
+    shape_scale: float = 1.0
+    shape_rtt_ms: float = 0.0
+
+
+KEYS = tuple(f.name for f in fields(RunSettings))
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    if "run" in data and isinstance(data["run"], dict):
+        extra = [k for k in data if k != "run"]
+        if extra:
+            raise ConfigError(f"{path}: unknown key '{extra[0]}' beside [run]")
+        data = data["run"]
+    return data
+
+
+def load_settings(
+    config: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> RunSettings:
+    """Settings from the TOML file (if any) updated by the non-None overrides, validated."""
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    if config is not None:
+        for key, v in read_toml(config).items():
+            if key not in KEYS:
+                raise ConfigError(f"{config}: unknown key '{key}' (known: {', '.join(KEYS)})")
+            values[key] = v
+            origin[key] = str(config)
+    for key, v in (overrides or {}).items():
+        if key not in KEYS:
+            raise ConfigError(f"unknown setting '{key}'")
+        if v is not None:
+            values[key] = v
+            origin[key] = "command line"
+    s = RunSettings()
+    for key, v in values.items():
+        setattr(s, key, _coerce(key, v, origin[key]))
+    _validate(s, origin)
+    return s
+
+
+def _coerce(key: str, v: Any, where: str) -> Any:
+    want = {f.name: f.type for f in fields(RunSettings)}[key]
+    kind = str(want)
+    try:
+        if "bool" in kind:
+            if isinstance(v, bool):
+                return v
+            if isinstance(v, str) and v.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return v.lower() in ("true", "1", "yes")
+            raise TypeError
+        if "int" in kind and "float" not in kind:
+            if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+                raise TypeError
+            return int(v)
+        if "float" in kind:
+            if isinstance(v, bool):
+                raise TypeError
+            f = float(v)
+            if not math.isfinite(f):
+                raise TypeError
+            return f
+        if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+            raise TypeError
+        return str(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting '{key}' from {where}: {v!r} is not a valid {kind}") from None
+
+
+def _validate(s: RunSettings, origin: dict[str, str]) -> None:
+    def bad(key: str, msg: str) -> ConfigError:
+        return ConfigError(f"setting '{key}' ({origin.get(key, 'default')}): {msg}")
+
+    if not s.bundle:
+        raise bad("bundle", 'a bundle folder is required (--bundle DIR or bundle = "DIR")')
+    if s.mode not in MODES:
+        raise bad("mode", f"{s.mode!r} is not one of {MODES}")
+    if not _POLICY_RE.match(s.policy):
+        raise bad("policy", f"{s.policy!r} must be table, argmin, local, server or fixed:P")
+    if s.backend not in BACKENDS:
+        raise bad("backend", f"{s.backend!r} is not one of {BACKENDS}")
+    if s.count < 1:
+        raise bad("count", f"must be >= 1, got {s.count}")
+    for key in ("interval_s", "shape_rtt_ms", "carbon_fallback_gco2_per_kwh"):
+        if getattr(s, key) < 0:
+            raise bad(key, f"must be >= 0, got {getattr(s, key)}")
+    for key in ("shape_scale", "power_rate_hz", "carbon_ttl_s"):
+        if not getattr(s, key) > 0:
+            raise bad(key, f"must be > 0, got {getattr(s, key)}")
+    if s.deadline_ms is not None and not s.deadline_ms > 0:
+        raise bad("deadline_ms", f"must be > 0, got {s.deadline_ms}")
+    if s.probe_after_s is not None and not s.probe_after_s > 0:
+        raise bad("probe_after_s", f"must be > 0, got {s.probe_after_s}")
+    if s.device_load is not None and not 0 <= s.device_load <= 1:
+        raise bad("device_load", f"must be in [0, 1], got {s.device_load}")
+    if not 0 <= s.battery_pct <= 100:
+        raise bad("battery_pct", f"must be in [0, 100], got {s.battery_pct}")
+    if s.alpha is not None and not 0 < s.alpha < 1:
+        raise bad("alpha", f"must be in (0, 1), got {s.alpha}")
+    for key in ("device_zone", "server_zone"):
+        if not _ZONE_RE.match(getattr(s, key)):
+            raise bad(key, f"{getattr(s, key)!r} is not a zone name (letters, digits, - and _)")
+    if s.server is not None and not re.match(r"^http://[^/\s]+(:\d+)?/?$", s.server):
+        raise bad("server", f"{s.server!r} must look like http://HOST:PORT")
+    if s.broker is not None and not re.match(r"^mqtts?://[^/\s]+(:\d+)?/?$", s.broker):
+        raise bad("broker", f"{s.broker!r} must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
+    if s.input != "random" and not Path(s.input).is_dir():
+        raise bad("input", f"{s.input!r} is neither 'random' nor a folder")
+    if s.shape_trace is not None and not Path(s.shape_trace).is_file():
+        from carboncp.runtime.traces import shipped_bandwidth_names
+
+        if s.shape_trace not in shipped_bandwidth_names():
+            raise bad(
+                "shape_trace",
+                f"{s.shape_trace!r} is neither a file nor a shipped trace "
+                f"({', '.join(shipped_bandwidth_names())})",
+            )
