@@ -109,6 +109,14 @@ class MosquittoBroker(Broker):
             "log_type information",
             config_extra,
         ]
+        if os.geteuid() == 0:  # mosquitto drops root for user "mosquitto": let it write here
+            try:
+                import pwd
+
+                pw = pwd.getpwnam("mosquitto")
+                os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+            except (KeyError, OSError):
+                lines.append("user root")
         self.conf.write_text("\n".join(lines) + "\n")
         self._proc: subprocess.Popen | None = None
 
