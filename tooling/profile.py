@@ -1,0 +1,386 @@
+"""Profile a bundle on this machine and write its 'profile' and 'objective' sections.
+
+What is measured here, with the runtime's own runners (`carboncp.runtime.runners`):
+- tau_d(p): each head's latency (LiteRT by default), median and p90 over `repeats` runs after
+  `warmup` runs, on a fixed seeded uint8 image;
+- tau_s(p): each tail's latency (ExecuTorch), median;
+- g_d(u): the full model's slow-down under background CPU load at several levels
+  (`tooling/loadgen.py`: duty-cycled busy-loop processes, always stopped afterwards), as the
+  ratio of medians; made non-decreasing and >= 1 (a faster run under load is noise).
+  g_s(v) is measured the same way on the p = 0 tail (in --quick mode, g_d is reused).
+What comes from the device profile (tooling/device_profiles/*.toml, every figure sourced
+there): active and idle power, radio, battery capacity, and, for a device that is not this
+machine, the factor that scales this host's head latencies to that device.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from carboncp.runtime.bundle import Bundle, register_file, save_manifest
+from carboncp.runtime.errors import ConfigError
+from carboncp.runtime.objective import (
+    DEFAULT_SERVER_MARGINAL_MW,
+    RADIO_MODELS,
+    Objective,
+    load_objective,
+)
+from carboncp.runtime.profile import Profile
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PROFILES_DIR = Path(__file__).parent / "device_profiles"
+LOAD_LEVELS = (0.0, 0.5, 1.0)
+QUICK_LOAD_LEVELS = (0.0, 1.0)
+PROFILE_FILE = "profile.json"
+OBJECTIVE_FILE = "objective.json"
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """A device's power, radio and battery figures, and how its latencies relate to this host."""
+
+    name: str
+    p_active_mw: float
+    p_idle_mw: float
+    radio: str
+    battery_wh: float
+    measured: bool = True  # latencies measured on the machine that runs `carboncp profile`
+    reference_model: str | None = None
+    reference_full_model_ms: float | None = None
+    fallback_scale: float = 1.0
+    server_latency_scale: float = 1.0
+    server_p_marginal_mw: float = DEFAULT_SERVER_MARGINAL_MW
+    description: str = ""
+    path: str = ""
+
+    def latency_scale(self, model_name: str, host_full_model_ms: float) -> tuple[float, str]:
+        """(factor, how it was obtained) that maps host head latencies to this device."""
+        if self.measured:
+            return 1.0, "measured on this machine"
+        if (
+            self.reference_model
+            and self.reference_full_model_ms
+            and model_name == self.reference_model
+            and host_full_model_ms > 0
+        ):
+            s = self.reference_full_model_ms / host_full_model_ms
+            return s, (
+                f"{self.reference_full_model_ms} ms (published {self.reference_model} on "
+                f"{self.name}) / {host_full_model_ms:.3f} ms (measured here)"
+            )
+        return self.fallback_scale, f"fallback_scale of {self.path or self.name}"
+
+
+def device_profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+
+
+def resolve_device_profile(spec: str | Path) -> Path:
+    """A shipped profile name ('host', 'rpi4', 'jetson-orin-nano') or a TOML file path."""
+    path = Path(spec)
+    if path.suffix == ".toml" or path.is_file() or len(path.parts) > 1:
+        if not path.is_file():
+            raise ConfigError(f"--device-profile {spec}: no such file")
+        return path
+    named = PROFILES_DIR / f"{spec}.toml"
+    if not named.is_file():
+        raise ConfigError(
+            f"--device-profile {spec!r}: unknown device profile; valid names: "
+            f"{', '.join(device_profile_names())} (or a path to a .toml file)"
+        )
+    return named
+
+
+_TOP = {"name", "description", "p_active_mw", "p_idle_mw", "radio", "battery_wh"}
+_LAT = {"measured", "reference_model", "reference_full_model_ms", "fallback_scale"}
+_SRV = {"latency_scale", "p_marginal_mw"}
+
+
+def load_device_profile(spec: str | Path | DeviceProfile) -> DeviceProfile:
+    if isinstance(spec, DeviceProfile):
+        return spec
+    path = resolve_device_profile(spec)
+    try:
+        with open(path, "rb") as f:
+            d = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    lat, srv = d.pop("latency", {}), d.pop("server", {})
+    for keys, table, where in ((_TOP, d, ""), (_LAT, lat, "latency."), (_SRV, srv, "server.")):
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: '{where.rstrip('.')}' must be a table")
+        for k in table:
+            if k not in keys:
+                raise ConfigError(f"{path}: unknown key '{where}{k}' (known: {sorted(keys)})")
+    for k in ("p_active_mw", "p_idle_mw", "battery_wh", "radio"):
+        if k not in d:
+            raise ConfigError(f"{path}: missing key '{k}'")
+
+    def num(table: dict[str, Any], key: str, where: str, default: float | None = None) -> float:
+        v = table.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ConfigError(f"{path}: key '{where}{key}' must be a number > 0, got {v!r}")
+        return float(v)
+
+    if d["radio"] not in RADIO_MODELS:
+        raise ConfigError(f"{path}: key 'radio' must be one of {sorted(RADIO_MODELS)}")
+    measured = lat.get("measured", True)
+    if not isinstance(measured, bool):
+        raise ConfigError(f"{path}: key 'latency.measured' must be true or false")
+    ref_ms = lat.get("reference_full_model_ms")
+    if not measured:
+        num(lat, "fallback_scale", "latency.")
+        if ref_ms is not None:
+            num(lat, "reference_full_model_ms", "latency.")
+    return DeviceProfile(
+        name=str(d.get("name", path.stem)),
+        description=str(d.get("description", "")),
+        p_active_mw=num(d, "p_active_mw", ""),
+        p_idle_mw=num(d, "p_idle_mw", ""),
+        radio=d["radio"],
+        battery_wh=num(d, "battery_wh", ""),
+        measured=measured,
+        reference_model=lat.get("reference_model"),
+        reference_full_model_ms=None if ref_ms is None else float(ref_ms),
+        fallback_scale=float(lat.get("fallback_scale", 1.0)),
+        server_latency_scale=num(srv, "latency_scale", "server.", 1.0),
+        server_p_marginal_mw=num(srv, "p_marginal_mw", "server.", DEFAULT_SERVER_MARGINAL_MW),
+        path=str(path),
+    )
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def time_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> np.ndarray:
+    """Wall times (ms) of `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    out = np.empty(repeats)
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out[i] = (time.perf_counter() - t0) * 1e3
+    return out
+
+
+def _say(msg: str, progress: bool) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _input(bundle: Bundle, p: int, part: str, rng: np.random.Generator) -> np.ndarray:
+    from carboncp.runtime.runners import expected_input
+
+    dtype, shape = expected_input(bundle, p, part)
+    if dtype == "uint8":
+        return rng.integers(0, 256, size=shape, dtype=np.uint8)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _objective_for(
+    spec: str | Path | Objective | None, bundle: Bundle, dp: DeviceProfile
+) -> Objective:
+    """The objective to record: given, else the bundle's, else defaults; the radio comes from
+    the device profile unless the given objective sets one explicitly."""
+    if isinstance(spec, Objective):
+        return spec
+    if spec is not None:
+        obj = load_objective(spec)
+        with open(spec, "rb") as f:
+            raw = tomllib.load(f)
+        explicit = "radio" in raw or "radio" in raw.get("objective", {})
+        return obj if explicit else replace(obj, radio=dp.radio)
+    existing = bundle.section("objective")
+    if existing is not None:
+        return replace(
+            Objective.from_dict(existing, where=f"{bundle.path}/objective"), radio=dp.radio
+        )
+    return Objective(radio=dp.radio)
+
+
+def _slowdown(
+    fn: Callable[[], Any],
+    base_ms: float,
+    levels: Sequence[float],
+    repeats: int,
+    progress: bool,
+    what: str,
+) -> tuple[list[float], list[float]]:
+    from carboncp.tooling.loadgen import BackgroundLoad
+
+    u, g = [0.0], [1.0]
+    for level in levels:
+        if level <= 0:
+            continue
+        with BackgroundLoad(level) as load:
+            _say(
+                f"[profile] {what} under load {level:.2f} ({load.cores:g} busy cores) ...", progress
+            )
+            ms = float(np.median(time_ms(fn, repeats, warmup=2)))
+        u.append(float(level))
+        g.append(max(g[-1], ms / base_ms))  # monotone, >= 1
+    return u, g
+
+
+def profile_bundle(
+    bundle_path: str | Path,
+    device_profile: str | Path | DeviceProfile = "host",
+    repeats: int = 20,
+    progress: bool = True,
+    *,
+    objective: str | Path | Objective | None = None,
+    quick: bool = False,
+    warmup: int = 3,
+    head_backend: str = "litert",
+    wire_dtype: str = "float32",
+    load_levels: Sequence[float] | None = None,
+    seed: int = 0,
+) -> Profile:
+    """Measure the bundle here, combine with the device profile, write the sections.
+
+    Returns the Profile written. `quick` uses fewer repeats and load levels (tests, CI).
+    `wire_dtype` "float16" sends activations at half size where the bundle recorded the
+    float16 error (the image at p = 0 is always uint8).
+    """
+    from carboncp.runtime.runners import make_runner
+
+    if wire_dtype not in ("float32", "float16"):
+        raise ConfigError(f"wire dtype must be 'float32' or 'float16', got {wire_dtype!r}")
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+    bundle = Bundle.load(bundle_path)
+    dp = load_device_profile(device_profile)
+    obj = _objective_for(objective, bundle, dp)
+    if quick:
+        repeats, warmup = min(repeats, 5), min(warmup, 1)
+    levels = (
+        tuple(load_levels)
+        if load_levels is not None
+        else (QUICK_LOAD_LEVELS if quick else LOAD_LEVELS)
+    )
+    P = bundle.last
+    rng = np.random.default_rng(seed)
+    t_start = time.monotonic()
+
+    dev_med, dev_p90 = np.zeros(P + 1), np.zeros(P + 1)
+    srv_med = np.zeros(P + 1)
+    head = make_runner(bundle, head_backend, "head")
+    try:
+        for p in range(1, P + 1):
+            x = _input(bundle, p, "head", rng)
+            ms = time_ms(lambda p=p, x=x: head.run(p, x), repeats, warmup)
+            dev_med[p], dev_p90[p] = np.median(ms), np.quantile(ms, 0.9)
+            _say(f"[profile] head p={p}/{P} ({head_backend}): median {dev_med[p]:.3f} ms", progress)
+        x_full = _input(bundle, P, "head", rng)
+        u, g_d = _slowdown(
+            lambda: head.run(P, x_full),
+            dev_med[P],
+            levels,
+            max(3, repeats // 2),
+            progress,
+            "full model",
+        )
+    finally:
+        head.close()
+    tail = make_runner(bundle, "executorch", "tail")
+    try:
+        for p in range(P):
+            x = _input(bundle, p, "tail", rng)
+            ms = time_ms(lambda p=p, x=x: tail.run(p, x), repeats, warmup)
+            srv_med[p] = np.median(ms)
+            _say(f"[profile] tail p={p}/{P - 1} (executorch): median {srv_med[p]:.3f} ms", progress)
+        if quick:
+            v, g_s = u, g_d
+        else:
+            x0 = _input(bundle, 0, "tail", rng)
+            v, g_s = _slowdown(
+                lambda: tail.run(0, x0),
+                srv_med[0],
+                levels,
+                max(3, repeats // 2),
+                progress,
+                "p=0 tail",
+            )
+    finally:
+        tail.close()
+
+    scale, how = dp.latency_scale(bundle.model_name, float(dev_med[P]))
+    wire = np.zeros(P + 1)
+    dtypes = []
+    for part in bundle.partitions[:P]:
+        f16 = part.float16 if part.p > 0 and wire_dtype == "float16" else None
+        wire[part.p] = float(f16["bytes"]) if f16 else float(part.wire_bytes)
+        dtypes.append("float16" if f16 else part.wire_dtype)
+    dtypes.append("none")
+    out_bytes = 4.0 * float(np.prod(bundle.output_shape))  # float32 result sent back
+    ret = np.full(P + 1, out_bytes)
+    ret[P] = 0.0
+    prof = Profile(
+        device_ms=dev_med * scale,
+        device_ms_p90=dev_p90 * scale,
+        server_ms=srv_med * dp.server_latency_scale,
+        wire_bytes=wire,
+        return_bytes=ret,
+        p_active_mw=dp.p_active_mw,
+        p_idle_mw=dp.p_idle_mw,
+        radio=obj.radio,
+        battery_wh=dp.battery_wh,
+        server_p_marginal_mw=dp.server_p_marginal_mw,
+        device_load_u=u,
+        device_slowdown_g=g_d,
+        server_load_v=v,
+        server_slowdown_g=g_s,
+        device=dp.name,
+        cuts=tuple(part.cut for part in bundle.partitions),
+        wire_dtypes=tuple(dtypes),
+        sources={
+            "device_ms": f"{head_backend} heads measured here ({repeats} runs after {warmup} "
+            f"warm-up, median/p90) x {scale:.4g} ({how})",
+            "server_ms": f"executorch tails measured here x {dp.server_latency_scale:g}",
+            "device_slowdown": f"full-model head under BackgroundLoad levels {list(levels)} of "
+            f"this machine's CPUs (tooling/loadgen.py)",
+            "server_slowdown": "copied from device_slowdown (--quick)"
+            if quick
+            else f"p=0 tail under the same load levels {list(levels)}",
+            "power": f"device profile {dp.path or dp.name}",
+            "server_p_marginal_mw": f"device profile {dp.path or dp.name} [server]",
+            "wire_bytes": f"bundle manifest ({wire_dtype} activations, uint8 image at p=0)",
+            "return_bytes": "float32 model output",
+        },
+        notes=f"profiled {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} in "
+        f"{time.monotonic() - t_start:.1f} s; {dp.description}",
+    )
+    write_sections(bundle, prof, obj)
+    _say(
+        f"[profile] wrote {PROFILE_FILE} and {OBJECTIVE_FILE} into {bundle.path} "
+        f"(device {dp.name}, scale {scale:.3g}, full model {prof.device_ms[P]:.2f} ms)",
+        progress,
+    )
+    return prof
+
+
+def write_sections(bundle: Bundle, profile: Profile, objective: Objective) -> None:
+    """Write profile.json and objective.json, register their sha256, save the manifest."""
+    manifest = json.loads((bundle.path / "manifest.json").read_text(encoding="utf-8"))
+    for rel, data in ((PROFILE_FILE, profile.to_dict()), (OBJECTIVE_FILE, objective.to_dict())):
+        (bundle.path / rel).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        register_file(manifest, bundle.path, rel)
+    sections = manifest.setdefault("sections", {})
+    sections["profile"] = PROFILE_FILE
+    sections["objective"] = OBJECTIVE_FILE
+    save_manifest(bundle.path, manifest)
