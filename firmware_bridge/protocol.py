@@ -119,6 +119,7 @@ class DeviceInfo:
     overruns: int
     i2c_errors: int
     rx_bad: int
+    session: int  # random at each boot: a new value means the device restarted
     name: str
 
 
@@ -165,6 +166,7 @@ def parse_identity(payload: bytes) -> DeviceInfo | None:
         overruns=f[13],
         i2c_errors=f[14],
         rx_bad=f[15],
+        session=f[16],
         name=name,
     )
 

@@ -42,8 +42,8 @@ F_LATE = 0x04  # sampling fell behind; ticks were skipped before this sample
 
 SAMPLE_FMT = "<HIHiIB"  # seq, mcu_us, bus_mv, current_ua, power_uw, flags
 SAMPLE_LEN = 17
-IDENTITY_FMT = "<BBBBBBHHIIHIHIII"
-IDENTITY_LEN = 38  # + name bytes
+IDENTITY_FMT = "<BBBBBBHHIIHIHIIIH"
+IDENTITY_LEN = 40  # + name bytes
 ACK_FMT = "<BB"
 ERROR_FMT = "<BBB"
 
@@ -168,6 +168,7 @@ def identity_frame(
     overruns,
     i2c_errors,
     rx_bad,
+    session,
 ):
     payload = struct.pack(
         IDENTITY_FMT,
@@ -187,6 +188,7 @@ def identity_frame(
         overruns & 0xFFFFFFFF,
         i2c_errors & 0xFFFFFFFF,
         rx_bad & 0xFFFFFFFF,
+        session & 0xFFFF,
     )
     return encode_frame(T_IDENTITY, payload + DEVICE_NAME)
 

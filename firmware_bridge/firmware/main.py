@@ -24,6 +24,7 @@ The logic (PowerMonitor) takes its I2C bus, serial port and clock as arguments, 
 code runs under CPython in the tests with a fake INA219, a pty and a fake clock.
 """
 
+import os
 import struct
 import sys
 
@@ -78,6 +79,9 @@ class PowerMonitor:
         self.tx_dropped = 0
         self.last_error_us = None
         self._rx = bytearray()
+        # a new random session id at every boot lets the host tell a reboot from a glitch
+        rnd = os.urandom(2)
+        self.session = (rnd[0] << 8) | rnd[1]
 
     # -- output ---------------------------------------------------------------------
     def send(self, frame):
@@ -110,6 +114,7 @@ class PowerMonitor:
             self.overruns,
             self.i2c_errors,
             self.rx_bad,
+            self.session,
         )
 
     # -- set-up ---------------------------------------------------------------------

@@ -72,11 +72,12 @@ def test_command_frames_identical(token, rate, args):
 
 def test_identity_ack_error_parse():
     frame = wire.identity_frame(
-        7, True, 30, 1000, 2000, 100000, 3200000, 4096, 10**8, 0x1D1F, 3, 1, 2
+        7, True, 30, 1000, 2000, 100000, 3200000, 4096, 10**8, 0x1D1F, 3, 1, 2, 0xBEEF
     )
     (info,) = protocol.FrameDecoder().feed(b"\x00" + frame)
     assert isinstance(info, protocol.DeviceInfo)
     assert (info.token, info.protocol_version, info.tick_period_us) == (7, 1, 2**30)
+    assert info.session == 0xBEEF
     assert (info.rate_hz, info.calibration, info.current_lsb_pa, info.name) == (
         1000,
         4096,
