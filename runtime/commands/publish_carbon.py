@@ -1,0 +1,156 @@
+"""Replay a real grid carbon-intensity trace (an Electricity Maps hourly CSV) into an MQTT
+broker as retained messages on carboncp/carbon/<ZONE>, one per hour of the trace, each carrying
+the trace's own timestamp and "replay": true. --speed sets how fast trace time runs: 3600 means
+one hour of trace per second (0: as fast as the broker takes them).
+
+Receivers must accept replays and judge staleness on the replay clock, not wall time
+(CarbonSubscriber(..., allow_replay=True, now_fn=ReplayClock(start, speed)); docs/FAULTS.md).
+
+Example:
+  carboncp publish-carbon --trace runtime/data/carbon/DE-LU_2023-09-11_8w.csv --zone DE \\
+      --broker mqtt://127.0.0.1:1884 --speed 3600 --start 2023-09-12T06:00Z --count 24
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+HELP = "replay a carbon-intensity trace (CSV) into an MQTT broker as retained messages"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trace", required=True, metavar="FILE.csv", help="Electricity Maps hourly CSV"
+    )
+    parser.add_argument("--zone", help="zone for the topic (default: the trace's Zone Id)")
+    parser.add_argument(
+        "--broker", required=True, metavar="URL", help="mqtt://host:port or mqtts://"
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=3600.0,
+        help="trace seconds per wall second (default 3600; 0 = no waiting)",
+    )
+    parser.add_argument(
+        "--start", metavar="ISO", help="first hour to publish (default: the trace's first)"
+    )
+    parser.add_argument("--count", type=int, help="number of hours to publish (default: all)")
+    parser.add_argument(
+        "--column", default="direct", help="intensity column: direct (default) or lca"
+    )
+    parser.add_argument("--username")
+    parser.add_argument("--password")
+    parser.add_argument("--tls-ca", metavar="FILE", help="CA certificate for mqtts://")
+    parser.add_argument(
+        "--tls-insecure", action="store_true", help="do not verify the broker's certificate"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no per-message progress on stderr")
+
+
+def replay_trace(
+    trace: Any,
+    publisher: Any,
+    *,
+    zone: str | None = None,
+    speed: float = 3600.0,
+    start_s: float | None = None,
+    count: int | None = None,
+    stop: threading.Event | None = None,
+    progress: Callable[[int, int, float, float], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """Publish the trace's hours from `start_s` at `speed`; returns how many were published.
+
+    Hour i goes out when the wall clock reaches (t_i - t_0) / speed after the first; `stop`
+    ends the replay early (the demo runs this in a thread)."""
+    from carboncp.runtime.errors import ConfigError
+
+    if speed < 0:
+        raise ConfigError(f"--speed must be >= 0, got {speed}")
+    zone = zone or trace.zone
+    if start_s is not None:
+        trace = trace.slice(start_s, float("inf"))
+    n = len(trace) if count is None else min(count, len(trace))
+    if n <= 0:
+        raise ConfigError("--count must be >= 1")
+    t0 = float(trace.t_s[0])
+    wall0 = clock()
+    for i in range(n):
+        ts, value = float(trace.t_s[i]), float(trace.gco2_per_kwh[i])
+        if speed > 0:
+            delay = wall0 + (ts - t0) / speed - clock()
+            if stop is not None:
+                if delay > 0 and stop.wait(delay):
+                    return i
+            elif delay > 0:
+                sleep(delay)
+        elif stop is not None and stop.is_set():
+            return i
+        publisher.publish(
+            zone,
+            value,
+            ts,
+            source=f"replay:{trace.source or 'trace'}",
+            kind=trace.kind,
+            replay=True,
+        )
+        if progress is not None:
+            progress(i + 1, n, ts, value)
+    return n
+
+
+def _parse_start(text: str) -> float:
+    from carboncp.runtime.errors import ConfigError
+
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(f"--start {text!r} is not ISO 8601 (e.g. 2023-09-12T06:00Z)") from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def run(args: argparse.Namespace) -> int:
+    from carboncp.runtime.carbon_signals import ZONE_RE
+    from carboncp.runtime.errors import ConfigError
+    from carboncp.runtime.mqtt import CarbonPublisher
+    from carboncp.runtime.traces import load_carbon_csv
+
+    trace = load_carbon_csv(args.trace, column=args.column)
+    zone = args.zone or trace.zone
+    if not ZONE_RE.match(zone or ""):
+        raise ConfigError(f"--zone {zone!r} is not a zone id; pass --zone")
+    start_s = _parse_start(args.start) if args.start else None
+
+    def progress(i: int, n: int, ts: float, value: float) -> None:
+        if not args.quiet:
+            stamp = datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+            print(f"[{i}/{n}] carboncp/carbon/{zone} {stamp}Z {value:.1f} g/kWh", file=sys.stderr)
+
+    with CarbonPublisher(
+        args.broker,
+        username=args.username,
+        password=args.password,
+        tls_ca=args.tls_ca,
+        tls_insecure=args.tls_insecure,
+    ) as pub:
+        n = replay_trace(
+            trace,
+            pub,
+            zone=zone,
+            speed=args.speed,
+            start_s=start_s,
+            count=args.count,
+            progress=progress,
+        )
+    print(f"published {n} hours of {args.trace} to {args.broker} (zone {zone})", file=sys.stderr)
+    return 0
