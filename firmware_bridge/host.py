@@ -16,6 +16,7 @@ MCU timestamps become host time.monotonic() seconds through a lower-envelope clo
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import math
 import threading
@@ -197,10 +198,9 @@ class BridgeReader:
         self._closing.set()
         ser = self._ser
         if ser is not None and self.connected:
-            try:
+            # best effort: the device may already be gone
+            with contextlib.suppress(Exception):
                 self._write(protocol.encode_command(wire.C_STOP, 0))
-            except Exception:  # best effort: the device may already be gone
-                pass
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0 + self.timeout_s)
         self._close_port()
@@ -467,10 +467,8 @@ class BridgeReader:
         with self._write_lock:
             ser, self._ser = self._ser, None
         if ser is not None:
-            try:
+            with contextlib.suppress(Exception):
                 ser.close()
-            except Exception:
-                pass
 
 
 def _trapezoid_mj(ts: list[float], ps: list[float], t0: float, t1: float) -> float:
