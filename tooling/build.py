@@ -207,6 +207,9 @@ def build_bundle(
     alpha: float = 0.1,
     objective: str | Path | None = None,
     progress: bool = True,
+    *,
+    quick_profile: bool = False,
+    wire_dtype: str = "float16",
     **kw: Any,
 ) -> Path:
     """The whole pipeline; reuses a valid bundle of the same model at `out`."""
@@ -225,7 +228,14 @@ def build_bundle(
     _say(f"[build] profiling ({device_profile}) ...", progress)
     from carboncp.tooling.profile import profile_bundle
 
-    pkw: dict[str, Any] = {"device_profile": device_profile}
+    # float16 activations on the wire where the export measured their output error (the
+    # image at p = 0 is always sent as uint8): METHOD §1.
+    pkw: dict[str, Any] = {
+        "device_profile": device_profile,
+        "quick": quick_profile,
+        "wire_dtype": wire_dtype,
+        "progress": progress,
+    }
     if objective is not None:
         pkw["objective"] = objective
     profile_bundle(out, **pkw)

@@ -81,7 +81,7 @@ def make_bundle(root, profile: Profile | None = None, objective: Objective | Non
         {
             "p": p,
             "cut": f"cut{p}",
-            "wire": {"dtype": "float16" if 0 < p else "uint8", "shape": [1], "bytes": int(b)},
+            "wire": {"dtype": "float16" if p > 0 else "uint8", "shape": [1], "bytes": int(b)},
         }
         for p, b in enumerate(profile.wire_bytes)
     ]
@@ -108,3 +108,28 @@ def scaled_bandwidth_file(path, name: str = "norway_bus_1", scale: float = 30.0)
     lines = [f"{t:.3f}\t{r * scale:.4f}" for t, r in zip(bw.t_s, bw.mbps, strict=True)]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+_CACHE: dict = {}
+
+
+def trained(
+    device_zone: str = "DE-LU",
+    server_zone: str = "GB",
+    bandwidth_scale: float = 10.0,
+    days: float = 21,
+    objective: str = "ce",
+    epochs: int = 8,
+):
+    """(cost model, replay, Q_θ, uncalibrated table) on the shipped slices; cached per session."""
+    from carboncp.tooling.qnet import train_q
+    from carboncp.tooling.table_build import build_table, split_indices
+
+    key = (device_zone, server_zone, bandwidth_scale, days, objective, epochs)
+    if key not in _CACHE:
+        cm = cost_model()
+        rp = small_replay(cm, device_zone, server_zone, days=days, bandwidth_scale=bandwidth_scale)
+        q = train_q(rp, cm.profile, objective, max_epochs=epochs, progress=False)
+        table = build_table(q.q, cm, rp.x_seen[split_indices(rp, "train")], slo_ms=cm.slo)
+        _CACHE[key] = (cm, rp, q, table)
+    return _CACHE[key]

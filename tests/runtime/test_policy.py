@@ -1,0 +1,181 @@
+"""TablePolicy: context -> cell -> set -> SLO guard -> mode, and observe() (ACI, weighted CP)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from carboncp.runtime.bundle import Bundle
+from carboncp.runtime.conformal import BinnedLogit
+from carboncp.runtime.context import Context, Decision, Policy
+from carboncp.runtime.errors import ConfigError
+from carboncp.runtime.policy import TablePolicy
+from carboncp.runtime.table import Table
+
+from tests.support.decision import cost_model, make_bundle, trained
+
+CLASSIFIER_EDGES = [[1.0, 10.0], [], [0.5], [], [200.0], [200.0], [50.0]]
+
+
+def _table(scores, latency, slo_ms=300.0, qhat=0.5, offsets=None) -> Table:
+    """One bandwidth edge at 10 Mbit/s: cell 0 (slow link), cell 1 (fast link)."""
+    scores = np.asarray(scores, dtype=np.float16)
+    p1 = scores.shape[1]
+    return Table(
+        edges=[[10.0], [], [], [], [], [], []],
+        scores=scores,
+        latency_ms=np.asarray(latency, dtype=np.float16),
+        latency_offset_ms=list(offsets or [0.0] * p1),
+        alpha=0.1,
+        qhat=qhat,
+        cal_scores=np.linspace(0, 2, 200).astype(np.float32),
+        cal_bins=np.zeros((200, 7), np.uint8),
+        bandwidth_log_lower=math.log(0.5),
+        slo_ms=slo_ms,
+        classifier=BinnedLogit(CLASSIFIER_EDGES).to_dict(),
+    )
+
+
+def _ctx(bw: float, **kw) -> Context:
+    d = dict(
+        bandwidth_mbps=bw, rtt_ms=20.0, device_load=0.2, server_load=0.3,
+        device_gco2_per_kwh=400.0, server_gco2_per_kwh=50.0, battery_pct=80.0,
+    )  # fmt: skip
+    d.update(kw)
+    return Context(**d)
+
+
+SCORES = [[0.4, 0.9, 0.6, 0.8, 0.7, 0.3, 0.0], [0.0, 0.45, 0.2, 0.9, 0.9, 0.9, 0.1]]
+LAT = [[900, 900, 800, 500, 400, 200, 100], [50, 80, 90, 100, 120, 130, 100]]
+
+
+def test_policy_protocol_and_modes() -> None:
+    cm = cost_model()
+    t = _table(SCORES, LAT, qhat=0.5)
+    for mode in "AMR":
+        pol = TablePolicy(t, cm, mode, online="split")
+        assert isinstance(pol, Policy)
+        d = pol.decide(_ctx(100.0))
+        assert isinstance(d, Decision) and d.mode == mode and d.cell == 1
+        assert d.candidates == (0, 1, 2, 6)  # scores <= q̂ = 0.5
+        assert d.partition in d.candidates
+    m = TablePolicy(t, cm, "M", online="split").decide(_ctx(100.0))
+    assert m.partition == 0  # lowest score
+    picks = {
+        TablePolicy(t, cm, "R", seed=s, online="split").decide(_ctx(100.0)).partition
+        for s in range(40)
+    }
+    assert picks == {0, 1, 2, 6}  # uniform over the set...
+    r1 = [
+        TablePolicy(t, cm, "R", seed=7, online="split").decide(_ctx(100.0)).partition
+        for _ in range(3)
+    ]
+    assert len(set(r1)) == 1  # ... and seeded
+
+
+def test_mode_a_takes_the_lowest_live_cost_at_the_pessimistic_bandwidth() -> None:
+    cm = cost_model()
+    t = _table([[0.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.0]] * 2, [[10] * 7] * 2, qhat=0.2)
+    pol = TablePolicy(t, cm, "A", online="split")
+    for bw in (2.0, 30.0, 200.0, 800.0):
+        ctx = _ctx(bw)
+        d = pol.decide(ctx)
+        b_low = bw * 0.5
+        lat, j = cm.row((b_low, *[ctx.rtt_ms, 0.2, 0.3, 400.0, 50.0, 80.0]), b_low)
+        feas = [p for p in range(7) if lat[p] <= 300.0] or list(range(7))
+        assert d.partition == min(feas, key=j.__getitem__)
+    # With the bandwidth known the bound is not applied: a faster guess can flip the choice.
+    known = TablePolicy(t, cm, "A", online="split", known_bandwidth=True)
+    assert known.bw_factor == 1.0 and pol.bw_factor == pytest.approx(0.5)
+
+
+def test_slo_guard_drops_slow_partitions_unless_that_empties_the_set() -> None:
+    cm = cost_model()
+    t = _table(SCORES, LAT, qhat=0.5, offsets=[0, 0, 0, 0, 0, 0, 250])
+    d = TablePolicy(t, cm, "M", online="split").decide(_ctx(1.0))  # slow cell
+    # set {0, 5, 6}: 0 (900 ms) and 6 (100 + 250 ms) exceed 300 ms; 5 stays
+    assert d.candidates == (0, 5, 6) and d.partition == 5 and not d.flags
+    t2 = _table(SCORES, [[900] * 7, LAT[1]], qhat=0.5)
+    d2 = TablePolicy(t2, cm, "M", online="split").decide(_ctx(1.0))
+    assert d2.flags == ("slo_guard_relaxed",) and d2.partition == 6
+
+
+def test_observe_updates_aci_from_the_realised_context() -> None:
+    cm = cost_model()
+    t = _table(SCORES, LAT, qhat=0.0)
+    pol = TablePolicy(t, cm, "M", online="aci")
+    seen = _ctx(100.0)
+    d = pol.decide(seen)
+    realised = _ctx(0.0)  # an outage at the moment of sending: local is the oracle
+    assert pol.oracle_row(tuple(realised.__dict__.values())) == 6
+    a0 = pol.aci.alpha_t
+    pol.observe(d, seen, realised)
+    err = 6 not in d.candidates
+    assert pol.aci.alpha_t == pytest.approx(a0 + 0.01 * (0.1 - err))
+    assert pol.n_observed == 1 and pol.n_errors == int(err)
+    # Repeated misses shrink α_t until the threshold grows and the set covers local too.
+    for _ in range(200):
+        d = pol.decide(seen)
+        pol.observe(d, seen, realised)
+    assert 6 in pol.decide(seen).candidates
+
+
+def test_weighted_mode_refits_from_the_window() -> None:
+    cm = cost_model()
+    t = _table(SCORES, LAT, qhat=0.5)
+    rng = np.random.default_rng(0)
+    t.cal_bins = BinnedLogit(CLASSIFIER_EDGES).bins(
+        np.column_stack([rng.uniform(0.5, 50, 200), np.full(200, 20), rng.random(200), rng.random(200),
+                         rng.uniform(100, 300, 200), rng.uniform(20, 100, 200), rng.uniform(20, 100, 200)])
+    ).astype(np.uint8)  # fmt: skip
+    pol = TablePolicy(t, cm, "M", online="weighted", window=100, refit_every=50)
+    assert pol.wcp is not None and not pol.wcp.ready
+    for i in range(120):
+        seen = _ctx(float(rng.uniform(0.5, 50)), device_gco2_per_kwh=150.0 + i)
+        pol.observe(pol.decide(seen), seen, seen)
+    assert pol.wcp.ess > 0
+    q = pol.threshold(tuple(_ctx(5.0).__dict__.values()))
+    assert q >= 0
+
+
+def test_bad_mode_online_and_alpha() -> None:
+    cm = cost_model()
+    t = _table(SCORES, LAT)
+    with pytest.raises(ConfigError, match="mode"):
+        TablePolicy(t, cm, "Z")
+    with pytest.raises(ConfigError, match="online"):
+        TablePolicy(t, cm, "A", online="psychic")
+    with pytest.raises(ConfigError, match="alpha"):
+        TablePolicy(t, cm, "A", alpha=1.2)
+    assert TablePolicy(t, cm, "A", alpha=0.2).qhat < TablePolicy(t, cm, "A", alpha=0.05).qhat
+
+
+def test_from_bundle_decides_like_the_tooling_table(tmp_path) -> None:
+    from carboncp.tooling.table_build import calibrate_from_replay, write_table
+
+    _cm, rp, _, table = trained()
+    calibrate_from_replay(table, rp, "cal", 0.1)
+    root = make_bundle(tmp_path / "b")
+    write_table(root, table)
+    pol = TablePolicy.from_bundle(Bundle.load(root), mode="M", online="split")
+    x = rp.x_seen[rp.splits["test"][:200]]
+    cells = table.cells(x)
+    for row, cell in zip(x.tolist(), cells, strict=True):
+        d = pol.decide_row(tuple(row))
+        assert d.cell == cell
+        assert set(d.candidates) == set(
+            np.flatnonzero(table.scores[cell].astype(float) <= table.qhat)
+        )
+
+
+def test_runtime_policy_imports_neither_torch_nor_tooling() -> None:
+    code = (
+        "import sys, carboncp.runtime.policy, carboncp.runtime.table, carboncp.runtime.conformal;"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('carboncp.tooling')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr

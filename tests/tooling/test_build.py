@@ -1,0 +1,76 @@
+"""`carboncp build`: both Q_θ objectives reported, the better kept, table + qnet sections."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from carboncp.runtime.bundle import Bundle
+from carboncp.runtime.errors import CarbonCPError, ConfigError
+from carboncp.runtime.policy import TablePolicy
+from carboncp.runtime.table import Table
+from carboncp.runtime.traces import shipped_carbon_path
+from carboncp.tooling.build import build_bundle, select_q, train_and_compile
+from carboncp.tooling.table_build import load_qnet
+
+from tests.support.decision import make_bundle, scaled_bandwidth_file
+
+
+def test_train_and_compile_writes_verified_sections(tmp_path) -> None:
+    bw = scaled_bandwidth_file(tmp_path / "fast.txt", scale=10.0)
+    root = make_bundle(tmp_path / "b")
+    res = train_and_compile(
+        root, shipped_carbon_path("DE-LU"), shipped_carbon_path("GB"), bw,
+        days=10, max_epochs=4, progress=False,
+    )  # fmt: skip
+    assert set(res["reports"]) == {"ce", "regression"}
+    b = Bundle.load(root)
+    t = Table.from_bundle(b)
+    assert t.meta["q_objective"] == res["selected"]
+    assert set(t.meta["q_selection"]["held_out"]) == {"ce", "regression"}
+    assert load_qnet(b).objective == res["selected"]
+    pol = TablePolicy.from_bundle(b)
+    assert pol.decide_row(tuple(res["replay"].x_seen[-1].tolist())).partition in range(7)
+    layout = json.loads((root / "table/table.json").read_text())
+    assert layout["alpha"] == 0.1
+
+
+def test_select_q_rule() -> None:
+    a = {"carbon_g": 1.0, "objective_j": 1.0, "slo_violation_rate": 0.3}
+    b = {"carbon_g": 2.0, "objective_j": 1.0, "slo_violation_rate": 0.05}
+    assert select_q({"ce": a, "regression": b}, 0.1)[0] == "regression"
+    assert select_q({"ce": {**a, "slo_violation_rate": 0.0}, "regression": b}, 0.1)[0] == "ce"
+    assert (
+        select_q({"ce": a, "regression": {**b, "slo_violation_rate": 0.2}}, 0.1)[0] == "regression"
+    )
+
+
+def test_build_refuses_bad_options(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="alpha"):
+        build_bundle(out=tmp_path / "x", alpha=0.0)
+    with pytest.raises(CarbonCPError, match="both"):
+        build_bundle(out=tmp_path / "x", device_carbon=shipped_carbon_path("GB"))
+
+
+@pytest.mark.slow
+def test_build_on_the_tiny_bundle(tiny_bundle_copy) -> None:
+    model = Bundle.load(tiny_bundle_copy).model_name
+    out = build_bundle(
+        model=model, out=tiny_bundle_copy, device_profile="host", quick_profile=True,
+        progress=False, days=7, max_epochs=3,
+    )  # fmt: skip
+    b = Bundle.load(out)
+    assert {"profile", "objective", "table", "qnet"} <= set(b.manifest["sections"])
+    t = Table.from_bundle(b)
+    assert t.n_partitions == b.last + 1
+    # ... and `evaluate` runs on it (a small replay) with the issue's metrics.json shape.
+    from carboncp.tooling.evaluate import POLICIES, evaluate
+
+    res = out / "eval"
+    evaluate(
+        out, shipped_carbon_path("DE-LU"), shipped_carbon_path("GB"),
+        shipped_carbon_path("GB").parent.parent / "bandwidth" / "norway_bus_1", res,
+        days=7, plots=False, progress=False,
+    )  # fmt: skip
+    data = json.loads((res / "metrics.json").read_text())
+    assert set(data["policies"]) == set(POLICIES) and data["n_test"] > 0
