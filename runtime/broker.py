@@ -228,8 +228,12 @@ class AmqttBroker(Broker):
                 return
             started.set()
             loop.run_forever()
+            # cancel whatever the broker left running (client sessions) before closing
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in pending:
+                t.cancel()
             with contextlib.suppress(Exception):
-                loop.run_until_complete(self._broker.shutdown())
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
         self._error = None
@@ -250,11 +254,31 @@ class AmqttBroker(Broker):
         return broker
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
+        """Drop every connection and close the listener, like a broker crash.
+
+        amqtt 0.12's own `shutdown()` waits forever while clients are connected, and Python
+        3.11's `Server.close()` leaves accepted connections open, so the loop's transports are
+        aborted directly: clients see the connection drop at once and reconnect."""
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None and thread.is_alive():
+            fut = asyncio.run_coroutine_threadsafe(self._hard_stop(), loop)
+            with contextlib.suppress(Exception):
+                fut.result(timeout=5)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
         self._thread = None
         self._loop = None
+        self._broker = None
+
+    async def _hard_stop(self) -> None:
+        for server in getattr(self._broker, "_servers", {}).values():
+            instance = getattr(server, "instance", None)
+            if instance is not None:
+                instance.close()
+        loop = asyncio.get_running_loop()
+        for transport in list(getattr(loop, "_transports", {}).values()):
+            with contextlib.suppress(Exception):
+                transport.abort()
 
 
 def start_broker(
