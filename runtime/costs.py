@@ -18,6 +18,7 @@ from carboncp.runtime.objective import Objective
 from carboncp.runtime.profile import Profile
 
 J_PER_KWH = 3.6e6
+_INF = float("inf")
 _B, _RTT, _U, _V, _ID, _IS, _BAT = range(7)
 assert CONTEXT_FIELDS[_B] == "bandwidth_mbps" and CONTEXT_FIELDS[_BAT] == "battery_pct"
 
@@ -94,14 +95,24 @@ class CostModel:
         self.wc = ob.w_carbon / self._ref.carbon_g if self._ref.carbon_g > 0 else 0.0
         self.wt = ob.w_latency / self._ref.latency_ms if self._ref.latency_ms > 0 else 0.0
         self.wb = ob.w_battery / self._ref.battery_pct if self._ref.battery_pct > 0 else 0.0
-        # Plain lists for the scalar path.
-        self._l_tau_d = [float(v) for v in self.tau_d]
-        self._l_tau_s = [float(v) for v in self.tau_s]
-        self._l_up = [float(v) for v in self.up_k]
-        self._l_ret = [float(v) for v in self.ret_k]
-        self._l_rest = [float(v) for v in self.rest]
-        self._l_bits = [8.0 * float(v) for v in pr.wire_bytes]
-        self._l_rbits = [8.0 * float(v) for v in pr.return_bytes]
+        # Plain floats for the scalar path (row): one tuple per remote partition p < P.
+        self._remote = [
+            (
+                float(self.tau_d[p]),
+                float(self.tau_s[p]),
+                float(self.up_k[p]),
+                float(self.ret_k[p]),
+                float(self.rest[p]),
+                8.0 * float(pr.wire_bytes[p]),
+                8.0 * float(pr.return_bytes[p]),
+            )
+            for p in range(self.P)
+        ]
+        self._tau_local = float(self.tau_d[self.P])
+        self._wc_j = self.wc / J_PER_KWH  # J weight per (gCO2/kWh * J)
+        self._wb_j = self.wb * self.soc_k  # J weight per J of device energy (before h)
+        self._e_net_uj = self.e_net * 1e6  # uJ per bit
+        self._low, self._bk = float(ob.battery_low_pct), float(ob.battery_k)
         self._gd = ([float(v) for v in pr.device_load_u], [float(v) for v in pr.device_slowdown_g])
         self._gs = ([float(v) for v in pr.server_load_v], [float(v) for v in pr.server_slowdown_g])
 
@@ -201,61 +212,55 @@ class CostModel:
 
     # ---------------------------------------------------------------------------------------
     def row(self, ctx: tuple[float, ...], bandwidth_mbps: float) -> tuple[list[float], list[float]]:
-        """(latency_ms, J) of every partition for one context; pure Python, no numpy."""
+        """(latency_ms, J) of every partition for one context; pure Python, no numpy.
+
+        Same formulas as `evaluate`, arranged for speed: energies in uJ (mW * ms), and J as
+        a * E_d + c * E_srv + wt * T with the per-context constants a and c folded once.
+        """
         bw = bandwidth_mbps if bandwidth_mbps > 0.0 else 0.0
         rtt = ctx[1]
         gd = _interp(ctx[2], *self._gd)
         gs = _interp(ctx[3], *self._gs)
-        i_d = ctx[4] if self.fixed_id is None else self.fixed_id
-        i_s = ctx[5]
         b = ctx[6]
-        low = self.objective.battery_low_pct
-        h = 1.0 + (low - b) / low * self.objective.battery_k if b < low else 1.0
-        wc, wt, wbh = self.wc / J_PER_KWH, self.wt, self.wb * self.soc_k * h
+        h = 1.0 + (self._low - b) / self._low * self._bk if b < self._low else 1.0
+        i_d = ctx[4] if self.fixed_id is None else self.fixed_id
+        a = (self._wc_j * i_d + self._wb_j * h) * 1e-6  # per uJ of device energy
+        c = self._wc_j * ctx[5] * 1e-6  # per uJ of server (+ network) energy
+        wt = self.wt
         p_act, p_idle, wasted, dl = self.p_act, self.p_idle, self.wasted, self.deadline
-        p_rad = self.radio_a * (bw if bw < self.radio_cap else self.radio_cap) + self.radio_b
-        p_srv, e_net = self.p_srv, self.e_net
-        tau_d, tau_s, up_k, ret_k, rest = (
-            self._l_tau_d,
-            self._l_tau_s,
-            self._l_up,
-            self._l_ret,
-            self._l_rest,
+        p_tx = (
+            p_idle + self.radio_a * (bw if bw < self.radio_cap else self.radio_cap) + self.radio_b
         )
-        last = self.P
+        p_srv, e_net_uj = self.p_srv, self._e_net_uj
+        half_rtt = 0.5 * rtt
         lat: list[float] = []
         obj: list[float] = []
-        for p in range(last + 1):
-            t_d = tau_d[p] * gd
-            if p == last:
-                t = t_d
-                e_d = p_act * t_d * 1e-6
-                e_srv = 0.0
+        for tau_d, tau_s, up_k, ret_k, rest, bits, rbits in self._remote:
+            t_d = tau_d * gd
+            t_s = tau_s * gs
+            if bw > 0.0:
+                up = up_k / bw
+                tx = up + rtt + ret_k / bw
+                t_off = tx + t_s
             else:
-                t_s = tau_s[p] * gs
-                if bw > 0.0:
-                    up = up_k[p] / bw
-                    ret = ret_k[p] / bw
-                    t_off = up + rtt + t_s + ret
-                else:
-                    up = t_off = float("inf")
-                    ret = 0.0
-                if t_off <= dl:
-                    t = t_d + t_off
-                    e_d = (p_act * t_d + (p_idle + p_rad) * (up + rtt + ret) + p_idle * t_s) * 1e-6
-                    e_srv = (
-                        p_srv * t_s + e_net * 1e6 * (self._l_bits[p] + self._l_rbits[p])
-                    ) * 1e-6
-                else:
-                    t_rest = rest[p] * gd
-                    t = t_d + wasted + t_rest
-                    e_d = (p_act * (t_d + t_rest) + (p_idle + p_rad) * wasted) * 1e-6
-                    srv = p_srv * t_s if up + 0.5 * rtt <= wasted else 0.0
-                    bits = self._l_bits[p]
-                    sent = bw * 1e3 * wasted
-                    e_srv = srv * 1e-6 + e_net * (bits if bits < sent else sent)
+                up = t_off = tx = _INF
+            if t_off <= dl:
+                t = t_d + t_off
+                e_d = p_act * t_d + p_tx * tx + p_idle * t_s
+                e_s = p_srv * t_s + e_net_uj * (bits + rbits)
+            else:
+                t_rest = rest * gd
+                t = t_d + wasted + t_rest
+                e_d = p_act * (t_d + t_rest) + p_tx * wasted
+                sent = bw * 1e3 * wasted
+                e_s = (p_srv * t_s if up + half_rtt <= wasted else 0.0) + e_net_uj * (
+                    bits if bits < sent else sent
+                )
             lat.append(t)
-            obj.append(wc * (i_d * e_d + i_s * e_srv) + wt * t + wbh * e_d)
+            obj.append(a * e_d + c * e_s + wt * t)
+        t = self._tau_local * gd
+        lat.append(t)
+        obj.append(a * p_act * t + wt * t)
         return lat, obj
 
     def row_objective(self, ctx: tuple[float, ...], bandwidth_mbps: float) -> list[float]:
