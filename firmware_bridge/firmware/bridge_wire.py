@@ -11,6 +11,16 @@ Written for MicroPython as well as CPython: no f-strings, dataclasses or typing,
 
 import struct
 
+try:
+    import micropython
+except ImportError:  # CPython: the native-code decorator is a no-op
+
+    class micropython:
+        @staticmethod
+        def native(f):
+            return f
+
+
 PROTOCOL_VERSION = 1
 FIRMWARE_VERSION = (0, 1)
 DEVICE_NAME = b"carboncp-ina219"
@@ -63,6 +73,7 @@ def _crc_table():
     return _CRC_TABLE
 
 
+@micropython.native
 def crc16(data, crc=0xFFFF):
     """CRC-16/CCITT-FALSE of `data` (check value for b"123456789": 0x29B1)."""
     table = _crc_table()
@@ -71,6 +82,7 @@ def crc16(data, crc=0xFFFF):
     return crc
 
 
+@micropython.native
 def cobs_encode(data):
     """Consistent-overhead byte stuffing: the result contains no 0x00."""
     out = bytearray(len(data) + len(data) // 254 + 1)
@@ -119,12 +131,12 @@ def cobs_decode(data):
 
 def encode_frame(ftype, payload=b""):
     """type | payload | crc -> COBS block + 0x00 delimiter."""
-    body = bytearray(1 + len(payload) + 2)
+    body = bytearray(1)
     body[0] = ftype
-    body[1 : 1 + len(payload)] = payload
-    crc = crc16(memoryview(body)[: 1 + len(payload)])
-    body[-2] = crc >> 8
-    body[-1] = crc & 0xFF
+    body.extend(payload)
+    crc = crc16(body)
+    body.append(crc >> 8)
+    body.append(crc & 0xFF)
     return cobs_encode(body) + b"\x00"
 
 
@@ -133,8 +145,7 @@ def decode_frame(block):
     body = cobs_decode(block)
     if body is None or len(body) < 3 or len(body) > MAX_FRAME:
         return None
-    crc = (body[-2] << 8) | body[-1]
-    if crc16(memoryview(body)[:-2]) != crc:
+    if crc16(body) != 0:  # CRC over data + its CRC is 0 when intact
         return None
     return body[0], body[1:-2]
 

@@ -78,10 +78,13 @@ class PowerMonitor:
         self.rx_bad = 0
         self.tx_dropped = 0
         self.last_error_us = None
-        self._rx = bytearray()
+        self._rx = b""
         # a new random session id at every boot lets the host tell a reboot from a glitch
-        rnd = os.urandom(2)
-        self.session = (rnd[0] << 8) | rnd[1]
+        try:
+            rnd = os.urandom(2)
+            self.session = (rnd[0] << 8) | rnd[1]
+        except (AttributeError, NotImplementedError):
+            self.session = clock.ticks_us() & 0xFFFF
 
     # -- output ---------------------------------------------------------------------
     def send(self, frame):
@@ -138,17 +141,17 @@ class PowerMonitor:
         data = self.port.read_available()
         if not data:
             return
-        self._rx.extend(data)
+        self._rx = self._rx + bytes(data)  # commands are rare and short: bytes are fine
         while True:
             end = self._rx.find(b"\x00")
             if end < 0:
                 break
-            block = bytes(self._rx[:end])
+            block = self._rx[:end]
             self._rx = self._rx[end + 1 :]
             if block:
                 self.handle_block(block)
         if len(self._rx) > 2 * wire.MAX_FRAME:  # no delimiter in sight: garbage
-            self._rx = bytearray()
+            self._rx = b""
             self.rx_bad += 1
 
     def handle_block(self, block):
