@@ -13,12 +13,13 @@ Timing budget at 1 kHz (period 1000 us), I2C at 400 kHz:
   so the I2C-limited maximum is about 2.7 kHz. MicroPython call overhead (~30 us per
   transaction) and frame encoding (CRC + COBS, ~0.2 ms in bytecode, less with the native
   emitter used below) bring the practical limit to roughly 1.5-2 kHz; MAX_RATE_HZ = 2000
+SAFE_MODE_PIN = 22
   and the SAMPLE flag LATE reports when the loop cannot keep up (the host shows the
   achieved rate). The INA219 itself refreshes its registers once per shunt+bus conversion
   cycle: 532 us (12-bit shunt) + 148 us (10-bit bus) = 680 us by default (about 1470 Hz);
   at 12-bit bus as well, 1064 us (940 Hz), and the STALE flag marks repeated conversions.
-  Serial bandwidth: a sample frame is 21 bytes on the wire, 21 kB/s at 1 kHz: USB CDC
-  carries it easily; a hardware UART needs >= 230400 baud (115200 baud tops out near 540 Hz).
+  Serial bandwidth: a sample frame is 22 bytes on the wire, 22 kB/s at 1 kHz: USB CDC
+  carries it easily; a hardware UART needs >= 460800 baud (115200 baud tops out near 520 Hz).
 
 The logic (PowerMonitor) takes its I2C bus, serial port and clock as arguments, so the same
 code runs under CPython in the tests with a fake INA219, a pty and a fake clock.
@@ -36,6 +37,7 @@ else:
     from . import ina219
 
 MAX_RATE_HZ = 2000
+SAFE_MODE_PIN = 22
 ERROR_EVERY_US = 1000000  # rate limit for unsolicited error frames
 
 
@@ -280,7 +282,7 @@ class UsbCdcPort:
 
 
 class UartPort:
-    """A hardware UART (e.g. to a USB-serial adapter); use >= 230400 baud for 1 kHz."""
+    """A hardware UART (e.g. to a USB-serial adapter); use >= 460800 baud for 1 kHz."""
 
     def __init__(self, uart):
         self.uart = uart
@@ -298,6 +300,11 @@ def main():
 
     import machine
 
+    # GP22 tied to GND at boot: do not start, keep the REPL (the protocol disables Ctrl-C)
+    if machine.Pin(SAFE_MODE_PIN, machine.Pin.IN, machine.Pin.PULL_UP).value() == 0:
+        print("carboncp bridge: safe-mode pin low, staying in the REPL")
+        return
+    time.sleep_ms(1000)  # a window for Ctrl-C / mpremote before the port turns binary
     machine.freq(200000000)  # headroom for 1 kHz+ sampling; within the RP2040's rating
     i2c = machine.I2C(0, sda=machine.Pin(4), scl=machine.Pin(5), freq=400000)
     monitor = PowerMonitor(i2c, UsbCdcPort(), time)

@@ -145,3 +145,15 @@ def test_decoder_drops_overlong_block_without_delimiter():
     dec.feed(b"\x55" * (protocol.MAX_BLOCK + 5))
     assert dec.framing_errors == 1
     assert dec.feed(_stream(1)[0]) == [(0, 0, 5000, 800000, 4000000, 0)]
+
+
+def test_protocol_md_example_is_what_the_codecs_produce():
+    import re
+    from pathlib import Path
+
+    doc = (Path(protocol.__file__).parent / "PROTOCOL.md").read_text()
+    wire_hex = re.search(r"wire \(22\): ([0-9a-f ]+)\n", doc).group(1)
+    expected = bytes.fromhex(wire_hex)
+    args = (0x0102, 123456789, 5100, 812345, 4142959, 0)
+    assert protocol.encode_sample(*args) == expected == wire.sample_frame(*args)
+    assert len(expected) == 22
