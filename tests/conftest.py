@@ -29,7 +29,6 @@ _SOURCES = (
     "tooling/cuts.py",
     "models/zoo.py",
     "runtime/bundle.py",
-    "runtime/runners.py",
 )
 
 

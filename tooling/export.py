@@ -100,7 +100,23 @@ def _export_tflite(module: Any, example: Any, path: Path) -> None:
     edge.export(str(path))
 
 
+_OURS = {MANIFEST, "heads", "tails"}
+
+
 def _prepare_out(out_dir: Path) -> None:
+    if out_dir.is_dir():
+        try:
+            entries = {e.name for e in out_dir.iterdir()}
+        except OSError as exc:
+            raise ConfigError(f"--out {out_dir}: cannot list it ({exc.strerror or exc})") from exc
+        if entries and not entries & _OURS:
+            # never clear heads/ and tails/ inside a folder that is not a bundle
+            raise ConfigError(
+                f"--out {out_dir}: folder exists, is not empty and holds no bundle; choose an "
+                "empty or new folder"
+            )
+    elif out_dir.exists():
+        raise ConfigError(f"--out {out_dir}: exists and is not a folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for sub in ("heads", "tails"):
@@ -149,7 +165,7 @@ def export_bundle(
     image = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
     cuts = find_cuts(model, image.to(torch.float32) / 255.0)
     P = cuts.last
-    n_art = P * len(formats) + (P if "pte" in formats else 0)
+    n_art = P * len(formats) + P
     prog = _Progress(n_art + 1, progress)
     prog.say(f"{loaded.name}: {P + 1} partitions ({', '.join(cuts.names)}) -> {root}")
 
@@ -182,7 +198,7 @@ def export_bundle(
             "std": list(cuts.std),
         },
         "output": {"shape": list(out_shape), "dtype": "float32"},
-        "formats": {"head": list(formats), "tail": ["pte"] if "pte" in formats else []},
+        "formats": {"head": list(formats), "tail": ["pte"]},
         "partitions": [],
         "tools": _tool_versions(),
         "files": {},
@@ -217,14 +233,15 @@ def export_bundle(
                     exporter(cuts.head(p), image, root / rel)
                 register_file(manifest, root, rel)
                 manifest["partitions"][p]["head"][fmt] = rel
-        if "pte" in formats:
-            for p in range(P):
-                rel = f"tails/p{p}.pte"
-                example = image if p == 0 else acts[p].detach().clone()
-                with prog.step(f"tail p={p} ({cuts.names[p]}) -> {rel}"):
-                    _export_pte(cuts.tail(p), example, root / rel)
-                register_file(manifest, root, rel)
-                manifest["partitions"][p]["tail"]["pte"] = rel
+        # Tails are always .pte: the edge server runs them with ExecuTorch (and they are what
+        # verifies every head format); `formats` chooses the head formats.
+        for p in range(P):
+            rel = f"tails/p{p}.pte"
+            example = image if p == 0 else acts[p].detach().clone()
+            with prog.step(f"tail p={p} ({cuts.names[p]}) -> {rel}"):
+                _export_pte(cuts.tail(p), example, root / rel)
+            register_file(manifest, root, rel)
+            manifest["partitions"][p]["tail"]["pte"] = rel
     save_manifest(root, manifest)
 
     with prog.step(f"verify {VERIFY_SAMPLES} random images per partition and format"):
@@ -258,7 +275,7 @@ def _verify(
         heads["pte"] = ExecuTorchRunner(bundle, part="head")
     if "tflite" in formats:
         heads["tflite"] = LiteRTRunner(bundle)
-    tails = ExecuTorchRunner(bundle, part="tail") if "pte" in formats else None
+    tails = ExecuTorchRunner(bundle, part="tail")
     scale = max(1.0, max(float(np.abs(r).max()) for r in refs))
     tol = VERIFY_TOL * scale
     manifest["verification"] = {
@@ -272,13 +289,12 @@ def _verify(
         entry = manifest["partitions"][p]
         routes: dict[str, Any] = {}
         if p == 0:
-            if tails is not None:
-                routes["pte"] = lambda im, _p=p: tails.run(_p, im)
+            routes["pte"] = lambda im, _p=p: tails.run(_p, im)
         else:
             for fmt, runner in heads.items():
                 if p == P:
                     routes[fmt] = lambda im, r=runner, _p=p: r.run(_p, im)
-                elif tails is not None:
+                else:
                     routes[fmt] = lambda im, r=runner, _p=p: tails.run(_p, r.run(_p, im))
         for fmt, route in routes.items():
             err = max(
@@ -287,7 +303,7 @@ def _verify(
             entry["verify"][fmt] = err
             if not err <= tol:
                 worst.append(f"p={p} {fmt}: max abs {err:.3g} > {tol:.3g}")
-        if float16 and 0 < p < P and tails is not None:
+        if float16 and 0 < p < P:
             head = heads.get("pte") or heads["tflite"]
             errs, agree = [], []
             for im, ref in zip(images, refs, strict=True):
@@ -309,6 +325,5 @@ def _verify(
                 "overflow": not finite,
             }
     for r in (*heads.values(), tails):
-        if r is not None:
-            r.close()
+        r.close()
     return worst
