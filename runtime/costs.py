@@ -86,7 +86,9 @@ class CostModel:
         self.radio_a, self.radio_b = ob.radio_coefficients
         self.radio_cap = float(ob.radio_cap_mbps)
         self.deadline = ob.effective_deadline_ms
-        self.wasted = min(self.deadline, ob.early_abandon_ms or self.deadline)
+        self.early = ob.early_abandon_ms
+        self.slack = ob.deadline_rule == "slack"
+        self.wasted = min(self.deadline, self.early or self.deadline)
         self.slo = ob.slo_ms
         self.e_net = float(ob.e_net_j_per_bit)
         self.fixed_id = ob.device_fixed_gco2_per_kwh if ob.device_carbon == "fixed" else None
@@ -161,21 +163,22 @@ class CostModel:
         up = np.where(remote, up, 0.0)
         ret = np.where(remote, ret, 0.0)
         t_off = np.where(remote, up + rtt + t_s + ret, 0.0)
-        fb = remote & (t_off > self.deadline)
+        dl, wasted = self._deadlines(g_d)
+        fb = remote & (t_off > dl)
         p_radio = self.radio_power_mw(bw)
 
         t_rest = self.rest[None, :] * g_d
         t_tx_ok = np.where(remote, up + rtt + ret, 0.0)
-        latency = np.where(fb, t_d + self.wasted + t_rest, t_d + np.where(remote, t_off, 0.0))
+        latency = np.where(fb, t_d + wasted + t_rest, t_d + np.where(remote, t_off, 0.0))
         e_d_ok = self.p_act * t_d + (self.p_idle + p_radio) * t_tx_ok + self.p_idle * t_s
-        e_d_fb = self.p_act * (t_d + t_rest) + (self.p_idle + p_radio) * self.wasted
+        e_d_fb = self.p_act * (t_d + t_rest) + (self.p_idle + p_radio) * wasted
         e_d = np.where(fb, e_d_fb, e_d_ok) * 1e-6
         # On a fallback, the server still ran its tail if the upload arrived in time.
-        arrived = (up + 0.5 * rtt) <= self.wasted
+        arrived = (up + 0.5 * rtt) <= wasted
         e_s = self.p_srv * np.where(fb & ~arrived, 0.0, t_s) * 1e-6
         bits = 8.0 * self.profile.wire_bytes[None, :]
         rbits = 8.0 * self.profile.return_bytes[None, :]
-        sent = np.where(fb, np.minimum(bits, bw * 1e3 * self.wasted), bits + rbits)
+        sent = np.where(fb, np.minimum(bits, bw * 1e3 * wasted), bits + rbits)
         e_net = np.where(remote, self.e_net * sent, 0.0)
 
         i_d = x[:, _ID][:, None] if self.fixed_id is None else self.fixed_id
@@ -195,6 +198,14 @@ class CostModel:
             objective=obj,
             fallback=fb,
         )
+
+    def _deadlines(self, g_d: np.ndarray) -> tuple[np.ndarray | float, np.ndarray | float]:
+        """(deadline, wasted time) in ms, per context for the slack rule, else constants."""
+        if not self.slack:
+            return self.deadline, self.wasted
+        slack = self.slo - self.tau_d[self.P] * g_d
+        dl = np.where(slack > 0, slack, self.deadline)
+        return dl, (dl if self.early is None else np.minimum(dl, self.early))
 
     def feasible(self, costs: Costs) -> np.ndarray:
         """(N, P+1) bool: latency within the SLO (all True without an SLO)."""
@@ -228,6 +239,11 @@ class CostModel:
         c = self._wc_j * ctx[5] * 1e-6  # per uJ of server (+ network) energy
         wt = self.wt
         p_act, p_idle, wasted, dl = self.p_act, self.p_idle, self.wasted, self.deadline
+        if self.slack:
+            slack = self.slo - self._tau_local * gd
+            if slack > 0.0:
+                dl = slack
+                wasted = slack if self.early is None or self.early > slack else self.early
         p_tx = (
             p_idle + self.radio_a * (bw if bw < self.radio_cap else self.radio_cap) + self.radio_b
         )

@@ -60,6 +60,7 @@ DEFAULT_REFERENCE: dict[str, float] = {
 
 DEFAULT_DEADLINE_NO_SLO_MS = 1000.0
 DEVICE_CARBON_MODES = ("live", "fixed")
+DEADLINE_RULES = ("fixed", "slack")
 _OPTIONAL = (
     "slo_ms",
     "deadline_ms",
@@ -89,6 +90,11 @@ class Objective:
     # Abandon early: when set, a transfer that will miss the deadline is abandoned after
     # this many ms (the device sees from the bytes sent so far that it cannot finish).
     early_abandon_ms: float | None = None
+    # "fixed": the deadline above. "slack": abandon as soon as only local completion still
+    # fits in the SLO: deadline = slo_ms - tau_d(P) * g_d(u) for the context's load (the
+    # fixed deadline when that is <= 0, i.e. when local execution misses the SLO anyway).
+    # A fallback then finishes at the SLO instead of past it (needs slo_ms).
+    deadline_rule: str = "fixed"
     battery_low_pct: float = 30.0
     battery_k: float = 2.0
     radio: str = "wifi"
@@ -222,6 +228,12 @@ def _validate(o: Objective) -> None:
     _num(o, "radio_cap_mbps", 0.0, lo_open=True)
     if o.radio not in RADIO_MODELS:
         raise ConfigError(f"key 'radio' must be one of {sorted(RADIO_MODELS)}, got {o.radio!r}")
+    if o.deadline_rule not in DEADLINE_RULES:
+        raise ConfigError(
+            f"key 'deadline_rule' must be one of {list(DEADLINE_RULES)}, got {o.deadline_rule!r}"
+        )
+    if o.deadline_rule == "slack" and o.slo_ms is None:
+        raise ConfigError("key 'deadline_rule' = 'slack' needs a latency SLO (key 'slo_ms')")
     if o.device_carbon not in DEVICE_CARBON_MODES:
         raise ConfigError(
             f"key 'device_carbon' must be one of {list(DEVICE_CARBON_MODES)}, got {o.device_carbon!r}"

@@ -132,6 +132,32 @@ def test_early_abandonment_cuts_the_waste() -> None:
     assert early.device_energy_j[0, 0] < base.device_energy_j[0, 0]
 
 
+def test_slack_deadline_finishes_a_fallback_at_the_slo() -> None:
+    ob = Objective(slo_ms=300.0, deadline_rule="slack")
+    prof = _small_profile(device_load_u=[0.0, 1.0], device_slowdown_g=[1.0, 2.0])
+    cm = CostModel(prof, ob)
+    x = CTX.copy()
+    x[0, 0] = 0.5  # the uploads cannot finish
+    x[0, 2] = 0.5  # g = 1.5: local takes 60 ms, so the slack is 300 - 60 = 240 ms
+    c = cm.evaluate(x)
+    assert c.fallback[0, :2].all()
+    np.testing.assert_allclose(c.latency_ms[0, :2], [300.0, 300.0])  # 0 + 240 + 60; 15 + 240 + 45
+    p_radio = 283.17 * 0.5 + 132.86
+    assert c.device_energy_j[0, 0] == pytest.approx((5000 * 60 + (2000 + p_radio) * 240) * 1e-6)
+    assert cm.feasible(c)[0].all()  # a fallback now meets the SLO
+    # A transfer that fits the fixed deadline (300) but not the slack (240) falls back too.
+    y = CTX.copy()
+    y[0, 0] = 3.0  # p = 0: upload 266.7 ms + 10 + 20 + 2.7 > 240
+    assert cm.evaluate(y).fallback[0, 0]
+    assert not CostModel(prof, Objective(slo_ms=400.0)).evaluate(y).fallback[0, 0]
+    # When local alone misses the SLO, the slack is gone and the fixed deadline applies.
+    z = x.copy()
+    z[0, 2] = 1.0
+    tight = CostModel(_small_profile(device_ms=[0, 100, 400], device_load_u=[0.0, 1.0],
+                                     device_slowdown_g=[1.0, 2.0]), ob)  # fmt: skip
+    assert tight.evaluate(z).latency_ms[0, 0] == pytest.approx(300 + 800)
+
+
 def test_tx_mbps_overrides_the_context_bandwidth() -> None:
     cm = CostModel(resnet18_like_profile(), Objective())
     x = random_contexts(200, seed=1)
@@ -199,6 +225,8 @@ def test_load_slowdowns_are_interpolated() -> None:
         Objective(slo_ms=None, radio="lte", e_net_j_per_bit=5e-8, battery_k=4.0),
         Objective(early_abandon_ms=40.0, device_carbon="fixed", device_fixed_gco2_per_kwh=80.0),
         Objective(radio="3g", w_latency=1.0, server_marginal_mw=5000.0, radio_cap_mbps=50.0),
+        Objective(slo_ms=150.0, deadline_rule="slack"),
+        Objective(slo_ms=200.0, deadline_rule="slack", early_abandon_ms=60.0),
     ],
 )
 def test_row_path_agrees_with_vectorised(objective: Objective) -> None:

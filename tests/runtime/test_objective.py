@@ -68,6 +68,8 @@ def test_objective_table_and_off_values(tmp_path: Path) -> None:
         ('device_carbon = "grid"\n', "device_carbon"),
         ("e_net_j_per_bit = nan\n", "e_net_j_per_bit"),
         ("[reference]\nrtt_ms = -1\n", "reference.rtt_ms"),
+        ('deadline_rule = "soon"\n', "deadline_rule"),
+        ('deadline_rule = "slack"\nslo_ms = "off"\n', "deadline_rule"),
         ("extra = 1\n[objective]\nalpha = 0.1\n", "extra"),
     ],
 )
