@@ -27,6 +27,7 @@ from carboncp.runtime.server import model_name
 from carboncp.runtime.shaping import LinkShaper
 
 CHUNK_BYTES = 16 * 1024
+SHAPED_CHUNK_BYTES = 2 * 1024  # finer steps on an emulated link, so early abandon can act
 MIN_EVIDENCE_S = 0.005  # do not extrapolate the rate from less than this much sending
 MAX_RESPONSE_HEADER = 64 * 1024
 
@@ -88,6 +89,7 @@ class OffloadClient:
         self.shaper = shaper
         self.connect_timeout_s = connect_timeout_s
         self.out_spec = wire.output_spec(bundle)
+        self.chunk_bytes = SHAPED_CHUNK_BYTES if shaper is not None else CHUNK_BYTES
 
     def spec(self, p: int) -> wire.WireSpec:
         return wire.wire_spec(self.bundle, p, float16=self.float16)
@@ -146,7 +148,7 @@ class OffloadClient:
                         now - t0,
                         sent,
                     )
-                chunk = payload[sent : sent + CHUNK_BYTES]
+                chunk = payload[sent : sent + self.chunk_bytes]
                 if self.shaper is not None:
                     self.shaper.pace(len(chunk), deadline)
                 sock.settimeout(max(1e-3, deadline - time.monotonic()))

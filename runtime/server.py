@@ -15,6 +15,7 @@ import contextlib
 import hmac
 import json
 import re
+import socket
 import sys
 import threading
 import time
@@ -222,6 +223,27 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server's own refusals (bad request line, headers too long) answer in JSON too.
+        self.close_connection = True
+        self.request_version = "HTTP/1.1"  # never answer in HTTP/0.9 (no status line)
+        with contextlib.suppress(OSError):
+            self._error(code, message or "malformed HTTP request")
+
+    def _drain(self, n: int) -> None:
+        """Read and drop up to n unread body bytes after answering, so that closing the socket
+        does not reset the connection before the client has read the answer."""
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(1.0)
+            left = min(n, 4 * self.server.max_body_bytes)
+            while left > 0:
+                chunk = self.connection.recv(min(65536, left))
+                if not chunk:
+                    break
+                left -= len(chunk)
+
     def _json(self, status: int, obj: dict[str, Any]) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json")
 
@@ -316,12 +338,14 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(411, "a valid Content-Length header is required")
         if length > self.server.max_body_bytes:
             self.close_connection = True
-            return self._error(
+            self._error(
                 413, f"body of {length} bytes exceeds the limit of {self.server.max_body_bytes}"
             )
+            return self._drain(length)
         if m.group(1) not in svc.models:
             self.close_connection = True
-            return self._error(404, f"unknown model {m.group(1)!r}; see GET /v2/models")
+            self._error(404, f"unknown model {m.group(1)!r}; see GET /v2/models")
+            return self._drain(length)
         body = self.rfile.read(length)
         if len(body) != length:
             self.close_connection = True

@@ -97,7 +97,7 @@ def decode(buf: bytes | memoryview, spec: WireSpec, as_float32: bool = True) -> 
     arr = np.frombuffer(buf, dtype=np.dtype(spec.dtype).newbyteorder("<")).reshape(spec.shape)
     if as_float32 and spec.dtype == "float16":
         return arr.astype(np.float32)
-    return arr.astype(arr.dtype.newbyteorder("="), copy=False)
+    return arr.astype(arr.dtype.newbyteorder("="))  # a writable copy, native byte order
 
 
 def request_header(

@@ -290,7 +290,7 @@ def open_carbon(settings: Any) -> Any:
         zones=[settings.device_zone, settings.server_zone],
         device_id=settings.device_id,
         ttl_s=settings.carbon_ttl_s,
-        fallback=settings.carbon_fallback_gco2_per_kwh,
+        fallback={"*": settings.carbon_fallback_gco2_per_kwh},
         username=settings.broker_username,
         password=settings.broker_password,
         tls_ca=settings.tls_ca,
