@@ -66,16 +66,21 @@ def replay_trace(
     progress: Callable[[int, int, float, float], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    replay_clock: Any = None,
 ) -> int:
     """Publish the trace's hours from `start_s` at `speed`; returns how many were published.
 
-    Hour i goes out when the wall clock reaches (t_i - t_0) / speed after the first; `stop`
-    ends the replay early (the demo runs this in a thread)."""
+    Hour i goes out when the wall clock reaches (t_i - t_0) / speed after the first. With a
+    `replay_clock` (a carbon_signals.ReplayClock shared with the receivers, as in the demo)
+    hour i goes out when that clock reaches t_i, so publisher and receivers agree on trace
+    time exactly. `stop` ends the replay early (the demo runs this in a thread)."""
     from carboncp.runtime.errors import ConfigError
 
     if speed < 0:
         raise ConfigError(f"--speed must be >= 0, got {speed}")
     zone = zone or trace.zone
+    if start_s is None and replay_clock is not None:
+        start_s = replay_clock.start_s
     if start_s is not None:
         trace = trace.slice(start_s, float("inf"))
     n = len(trace) if count is None else min(count, len(trace))
@@ -85,15 +90,17 @@ def replay_trace(
     wall0 = clock()
     for i in range(n):
         ts, value = float(trace.t_s[i]), float(trace.gco2_per_kwh[i])
-        if speed > 0:
+        if replay_clock is not None:
+            delay = (ts - replay_clock()) / replay_clock.speed if replay_clock.speed > 0 else 0.0
+        elif speed > 0:
             delay = wall0 + (ts - t0) / speed - clock()
-            if stop is not None:
-                if delay > 0 and stop.wait(delay):
-                    return i
-            elif delay > 0:
-                sleep(delay)
-        elif stop is not None and stop.is_set():
-            return i
+        else:
+            delay = 0.0
+        if stop is not None:
+            if stop.wait(max(delay, 0.0)):
+                return i
+        elif delay > 0:
+            sleep(delay)
         publisher.publish(
             zone,
             value,

@@ -32,36 +32,37 @@ def mosquitto():
 def test_cli_replays_hours_in_order(mosquitto, capsys):
     trace = load_carbon_csv(TRACE)
     start = int(trace.t_s[5])
-    speed = 36000.0  # 0.1 s per trace hour
+    speed = 3600.0  # 1 s per trace hour
     got = []
     sub = CarbonSubscriber(
         mosquitto.url,
         [trace.zone],
         allow_replay=True,
-        now_fn=ReplayClock(start, speed),
+        ttl_s=7200,  # the CLI's replay starts a moment after this clock: allow 2 s of skew
         on_reading=got.append,
     )
     with sub:
         sub.wait_connected(5)
         argv = ["publish-carbon", "--trace", str(TRACE), "--broker", mosquitto.url]
-        argv += ["--speed", str(speed), "--start", "2023-09-11T05:00Z", "--count", "4"]
+        argv += ["--speed", str(speed), "--start", "2023-09-11T05:00Z", "--count", "3"]
+        sub.now_fn = ReplayClock(start, speed)
         assert main(argv) == 0
-        assert sub.wait_for(trace.zone, lambda r: r.ts_s == trace.t_s[8], 5)
-    assert [r.ts_s for r in got] == [float(t) for t in trace.t_s[5:9]]
-    assert [r.gco2_per_kwh for r in got] == pytest.approx(list(trace.gco2_per_kwh[5:9]), abs=1e-3)
+        assert sub.wait_for(trace.zone, lambda r: r.ts_s == trace.t_s[7], 5)
+    assert [r.ts_s for r in got] == [float(t) for t in trace.t_s[5:8]]
+    assert [r.gco2_per_kwh for r in got] == pytest.approx(list(trace.gco2_per_kwh[5:8]), abs=1e-3)
     assert all(r.replay and r.kind == "average" for r in got)
     assert sub.error_counts == {}
     err = capsys.readouterr().err
-    assert "[4/4]" in err and "published 4 hours" in err
+    assert "[3/3]" in err and "published 3 hours" in err
 
     # retained: a late subscriber gets the last hour, and a live-only one refuses it
     late = CarbonSubscriber(mosquitto.url, [trace.zone], allow_replay=True,
-                            now_fn=lambda: float(trace.t_s[8]))  # fmt: skip
+                            now_fn=lambda: float(trace.t_s[7]))  # fmt: skip
     live_only = CarbonSubscriber(mosquitto.url, [trace.zone])
     with late, live_only:
         assert late.wait_for(trace.zone, lambda r: True, 5)
         assert late.current(trace.zone).gco2_per_kwh == pytest.approx(
-            trace.gco2_per_kwh[8], abs=1e-3
+            trace.gco2_per_kwh[7], abs=1e-3
         )
         live_only.wait_connected(5)
         deadline = threading.Event()
@@ -92,7 +93,7 @@ def test_replay_trace_paces_and_stops():
     assert slept == pytest.approx([1.0, 0.75])  # one trace hour = 1 s, on a fixed schedule
     stop = threading.Event()
     stop.set()
-    assert replay_trace(trace, Pub(), speed=3600, count=5, stop=stop) == 1  # first goes at once
+    assert replay_trace(trace, Pub(), speed=3600, count=5, stop=stop) == 0  # stopped: nothing
 
 
 def test_cli_wrong_password_exits_2_with_clear_message(tmp_path):
@@ -113,3 +114,22 @@ def test_cli_wrong_password_exits_2_with_clear_message(tmp_path):
     assert proc.returncode == 2
     assert "not authorised: check username/password" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_shared_replay_clock_keeps_publisher_and_subscriber_in_step(mosquitto):
+    """The demo's way: one ReplayClock drives both the replay thread and the subscriber."""
+    from carboncp.runtime.mqtt import CarbonPublisher
+
+    trace = load_carbon_csv(TRACE)
+    clock = ReplayClock(float(trace.t_s[10]), speed=36000.0)  # 0.1 s per trace hour
+    got = []
+    sub = CarbonSubscriber(mosquitto.url, [trace.zone], allow_replay=True, now_fn=clock,
+                           max_future_s=60, on_reading=got.append)  # fmt: skip
+    with sub, CarbonPublisher(mosquitto.url) as pub:
+        sub.wait_connected(5)
+        stop = threading.Event()
+        n = replay_trace(trace, pub, count=5, replay_clock=clock, stop=stop)
+        assert n == 5
+        assert sub.wait_for(trace.zone, lambda r: r.ts_s == trace.t_s[14], 5)
+    assert [r.ts_s for r in got] == [float(t) for t in trace.t_s[10:15]]
+    assert sub.error_counts == {}
