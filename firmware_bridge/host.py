@@ -19,6 +19,7 @@ import bisect
 import contextlib
 import itertools
 import math
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -285,6 +286,18 @@ class BridgeReader:
         if self._stream is not None:
             self._stream.rate_hz = rate_hz
         return int.from_bytes(ack.extra[:2], "little")
+
+    def set_calibration(self, shunt_ohms: float, max_current_a: float) -> tuple[int, int]:
+        """Recalibrate the INA219 (kept for reconnects); -> (cal register, current LSB pA)."""
+        if not (shunt_ohms > 0 and max_current_a > 0):
+            raise ValueError("shunt_ohms and max_current_a must be positive")
+        shunt_uohm, max_ua = round(shunt_ohms * 1e6), round(max_current_a * 1e6)
+        ack = self._request(
+            lambda tok: protocol.set_calibration_command(tok, shunt_uohm, max_ua), protocol.Ack
+        )
+        self.calibration = (shunt_ohms, max_current_a)
+        cal, lsb_pa = struct.unpack("<HI", ack.extra[:6])
+        return cal, lsb_pa
 
     # -- internals: commands -------------------------------------------------------------
     def _write(self, data: bytes) -> None:

@@ -129,6 +129,8 @@ def test_unplug_and_replug_at_the_same_path(tmp_path):
         samples = reader.samples_between(0, time.monotonic())
         stats = reader.stats
         assert reader.identify().session == dev.monitor.session
+        assert reader.set_calibration(0.1, 2.0) == (6710, 61_043_219)
+        assert reader.set_rate(400) == 400 and dev.monitor.period_us == 2500
     finally:
         reader.close()
         dev.close()
