@@ -1,0 +1,107 @@
+"""Device-side decision time vs evaluating Q_θ with torch, in one run; and the table's size.
+
+    python -m bench.decision [BUNDLE]        (default models/resnet18, built by carboncp build)
+
+The device path is `TablePolicy.decide` in mode A with the SLO guard and ACI (cell lookup,
+conformal set, guard, mode A's live cost at the pessimistic bandwidth). The baseline runs
+Q_θ in torch for the same decision (features -> MLP over every partition -> argmin), one
+context at a time as the device would. Contexts are the seen contexts of a replay on the
+shipped trace slices. Targets: median <= 20 µs and >= 10x faster; table <= 1 MB (ResNet-18).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _stats(ns: list[int]) -> tuple[float, float]:
+    a = np.asarray(ns, dtype=np.float64) / 1000.0
+    return float(np.median(a)), float(np.percentile(a, 99))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from carboncp.runtime.bundle import Bundle
+    from carboncp.runtime.context import Context
+    from carboncp.runtime.errors import CarbonCPError
+    from carboncp.runtime.policy import TablePolicy
+    from carboncp.tooling.build import default_traces
+    from carboncp.tooling.evaluate import cost_model_of, make_replay
+    from carboncp.tooling.qnet import context_features
+    from carboncp.tooling.table_build import load_qnet
+
+    path = Path(argv[0] if argv else "models/resnet18")
+    try:
+        bundle = Bundle.load(path)
+        pol = TablePolicy.from_bundle(bundle, mode="A")
+        qm = load_qnet(bundle)
+    except CarbonCPError as exc:
+        print(f"bench.decision: {exc} (build one: carboncp build --model resnet18 --out {path})")
+        return 2
+    if qm is None:
+        print(f"bench.decision: {path} has no 'qnet' section; rebuild it with carboncp build")
+        return 2
+    import torch
+
+    torch.set_num_threads(1)
+    cm = cost_model_of(bundle)
+    rp = make_replay(cm, *default_traces(), days=7)
+    rows = [tuple(r) for r in rp.x_seen[:2000].tolist()]
+    ctxs = [Context(*r) for r in rows]
+    net = qm.torch_module()
+    desc = torch.from_numpy(qm.descriptors)
+    k = desc.shape[0]
+
+    def q_decide(row: tuple[float, ...]) -> int:
+        f = torch.from_numpy(context_features(np.asarray([row])))
+        with torch.no_grad():
+            q = net(torch.cat([f.expand(k, -1), desc], dim=1)).view(-1)
+        return int(torch.argmin(q))
+
+    for c in ctxs[:200]:  # warm-up both paths
+        pol.decide(c)
+        q_decide(context_to_row(c))
+    t_table, t_torch = [], []
+    clock = time.perf_counter_ns
+    for _ in range(3):
+        for c, row in zip(ctxs, rows, strict=True):
+            t0 = clock()
+            pol.decide(c)
+            t1 = clock()
+            q_decide(row)
+            t2 = clock()
+            t_table.append(t1 - t0)
+            t_torch.append(t2 - t1)
+    med_t, p99_t = _stats(t_table)
+    med_q, p99_q = _stats(t_torch)
+    files = [rel for rel in bundle.manifest["files"] if rel.startswith("table/")]
+    on_disk = sum((bundle.path / rel).stat().st_size for rel in files)
+    print(
+        f"bundle: {path} ({bundle.model_name}, P+1 = {pol.p1} partitions, {pol.table.scores.shape[0]} cells)"
+    )
+    print(f"decisions timed: {len(t_table)} (mode A, SLO guard, ACI; contexts from a replay)")
+    print(
+        f"table decision (pure Python): median {med_t:7.2f} µs   p99 {p99_t:7.2f} µs   target median <= 20 µs"
+    )
+    print(f"Q_θ in torch (same decision):  median {med_q:7.2f} µs   p99 {p99_q:7.2f} µs")
+    print(f"ratio torch / table (median): {med_q / med_t:6.1f}x   target >= 10x")
+    print(
+        f"table size: {on_disk} bytes on disk ({len(files)} files), arrays {pol.table.n_bytes()} bytes   target <= 1,000,000"
+    )
+    return 0
+
+
+def context_to_row(c: object) -> tuple[float, ...]:
+    from carboncp.runtime.context import context_to_row as f
+
+    return f(c)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
