@@ -219,16 +219,27 @@ class EnergyMeter:
 
     @contextmanager
     def measure(
-        self, *, modelled_j: float | None = None, modelled_power_mw: float | None = None
+        self,
+        *,
+        modelled_j: float | None = None,
+        modelled_power_mw: float | None = None,
+        wait: bool = True,
     ) -> Iterator[MeasureWindow]:
-        """`with meter.measure() as w: run()` then `w.result` is the EnergyMeasurement."""
+        """`with meter.measure() as w: run()` then `w.result` is the EnergyMeasurement.
+
+        With `wait` the exit waits (at most 3 sample periods) for a reading past the window's
+        end; on a latency-critical path pass wait=False, or call `energy_j(t0, t1)` later."""
         w = MeasureWindow(self.clock(), modelled_j=modelled_j, modelled_power_mw=modelled_power_mw)
         try:
             yield w
         finally:
             w.t1_s = self.clock()
             w.result = self.energy_j(
-                w.t0_s, w.t1_s, modelled_j=w.modelled_j, modelled_power_mw=w.modelled_power_mw
+                w.t0_s,
+                w.t1_s,
+                modelled_j=w.modelled_j,
+                modelled_power_mw=w.modelled_power_mw,
+                wait=wait,
             )
 
     def latest(self) -> PowerReading | None:
