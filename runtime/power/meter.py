@@ -16,12 +16,27 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from carboncp.runtime.power.base import PowerReading, PowerSource, integrate_energy_j
 from carboncp.runtime.power.faults import SensorFault, check_reading
 
 # Readings with these flags do not measure the device's draw (the battery is being charged).
 NOT_DEVICE_DRAW = ("charging", "external_power")
+
+
+def _window(buf: deque, key: Callable[[Any], float], lo: float, hi: float) -> list:
+    """Items of a time-ordered ring buffer with lo <= key <= hi, scanning back from the newest
+    (windows are recent: this stays O(window), not O(buffer))."""
+    out = []
+    for item in reversed(buf):
+        t = key(item)
+        if t < lo:
+            break
+        if t <= hi:
+            out.append(item)
+    out.reverse()
+    return out
 
 
 @dataclass(frozen=True)
@@ -173,11 +188,9 @@ class EnergyMeter:
         with self._cond:
             if wait and self.alive:  # let the sampler take one reading past the window's end
                 self._cond.wait_for(lambda: self._last_tick_s >= t1_s, timeout=3 * self.period_s)
-            readings = [r for r in reversed(self._samples) if r.t_s >= t0_s - margin]
-            readings = [r for r in readings if r.t_s <= t1_s + margin]
-            kinds = sorted(
-                {k for t, k in reversed(self._faults) if t0_s - margin <= t <= t1_s + margin}
-            )
+            readings = _window(self._samples, lambda r: r.t_s, t0_s - margin, t1_s + margin)
+            faults = _window(self._faults, lambda f: f[0], t0_s - margin, t1_s + margin)
+            kinds = sorted({k for _, k in faults})
         flags = [f"sensor_fault:{k}" for k in kinds]
         draw = [f for f in NOT_DEVICE_DRAW if any(f in r.flags for r in readings)]
         flags += draw
