@@ -1,0 +1,147 @@
+"""End to end with real processes: Mosquitto, `carboncp serve` in a subprocess, the exported
+tiny bundle, carbon published over MQTT.
+
+A dirty device grid with a clean server grid moves decisions towards offloading; the reverse
+towards local execution; every result equals the full model's output. The decisions come
+from the cost model's argmin on the live context (the tiny bundle has no table trained for
+such extremes); a second test runs the real TablePolicy (a table built by the tooling for
+the tiny bundle) through the same loop.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from carboncp.runtime.bundle import Bundle, register_file, save_manifest
+from carboncp.runtime.costs import CostModel
+from carboncp.runtime.loop import DeviceLoop, LoadSampler, LoopConfig
+from carboncp.runtime.mqtt import CarbonPublisher, CarbonSubscriber
+from carboncp.runtime.objective import Objective
+from carboncp.runtime.offload import OffloadClient
+from carboncp.runtime.policy_fixed import ArgminPolicy
+from carboncp.runtime.runners import make_runner
+
+from tests.support.edge_server import ServerProcess, synthetic_profile
+from tests.support.mosquitto import start_mosquitto
+
+DEV, SRV = "DE-LU", "GB"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def broker():
+    b = start_mosquitto()
+    yield b
+    b.cleanup()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle):
+    srv = ServerProcess(tiny_bundle).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def subscriber(broker):
+    sub = CarbonSubscriber(broker.url, [DEV, SRV], device_id="e2e", ttl_s=3600).start()
+    sub.wait_connected(10)
+    yield sub
+    sub.stop()
+
+
+def _publish(broker, sub, dev: float, srv: float) -> None:
+    now = time.time()
+    with CarbonPublisher(broker.url) as pub:
+        pub.publish(DEV, dev, now)
+        pub.publish(SRV, srv, now)
+    for zone, v in ((DEV, dev), (SRV, srv)):
+        assert sub.wait_for(zone, lambda r, v=v: r.gco2_per_kwh == v, timeout=5), zone
+
+
+def _run(loop, head, bundle, n, seed):
+    rng = np.random.default_rng(seed)
+    recs = []
+    for _ in range(n):
+        x = rng.integers(0, 256, bundle.input_shape, dtype=np.uint8)
+        rec = loop.infer(x)
+        assert (
+            np.abs(rec.output - head.run(bundle.last, x)).max() <= 1e-5
+        )  # the full model's answer
+        recs.append(rec)
+    return recs
+
+
+def test_carbon_over_mqtt_moves_decisions(tiny_bundle, broker, server, subscriber):
+    bundle = Bundle.load(tiny_bundle)
+    head = make_runner(bundle, backend="litert")
+    cm = CostModel(synthetic_profile(bundle), Objective())
+    loop = DeviceLoop(
+        bundle, ArgminPolicy(cm), head, client=OffloadClient(server.url, bundle),
+        carbon=subscriber, config=LoopConfig(device_zone=DEV, server_zone=SRV, deadline_ms=2000),
+        cost_model=cm, load=LoadSampler(0.0),
+    )  # fmt: skip
+    _publish(broker, subscriber, dev=900.0, srv=20.0)
+    dirty_device = _run(loop, head, bundle, 6, seed=0)
+    _publish(broker, subscriber, dev=20.0, srv=900.0)
+    dirty_server = _run(loop, head, bundle, 6, seed=1)
+    _publish(broker, subscriber, dev=900.0, srv=20.0)
+    back = _run(loop, head, bundle, 4, seed=2)
+
+    def offload_share(recs):
+        return sum(r.partition < bundle.last for r in recs) / len(recs)
+
+    assert all(r.carbon_state == {DEV: "live", SRV: "live"} for r in dirty_device + dirty_server)
+    assert offload_share(dirty_device) == 1.0 and all(r.offloaded for r in dirty_device)
+    assert offload_share(dirty_server) == 0.0
+    assert offload_share(back) == 1.0
+    # the records carry the carbon the decision saw, and a lower estimate where it offloaded
+    assert {r.seen["device_gco2_per_kwh"] for r in dirty_device} == {900.0}
+    assert server.alive()
+    head.close()
+
+
+def _with_table(bundle_dir: Path, tmp_path: Path) -> Path:
+    """Give the tiny bundle a profile/objective and a real threshold table (tooling build)."""
+    pytest.importorskip("carboncp.tooling.build", reason="carboncp.tooling (the build step)")
+    from carboncp.runtime.traces import load_bandwidth_trace, shipped_bandwidth_path
+    from carboncp.tooling.build import train_and_compile
+
+    b = Bundle.load(bundle_dir)
+    m = b.manifest
+    (bundle_dir / "profile.json").write_text(json.dumps(synthetic_profile(b).to_dict()))
+    (bundle_dir / "objective.json").write_text(json.dumps(Objective().to_dict()))
+    for name in ("profile", "objective"):
+        register_file(m, bundle_dir, f"{name}.json")
+        m.setdefault("sections", {})[name] = f"{name}.json"
+    save_manifest(bundle_dir, m)
+    tr = load_bandwidth_trace(shipped_bandwidth_path("norway_bus_1"))
+    fast = tmp_path / "norway_bus_1_x15"
+    fast.write_text("".join(f"{t} {v * 15}\n" for t, v in zip(tr.t_s, tr.mbps, strict=True)))
+    train_and_compile(bundle_dir, None, None, fast, days=7, max_epochs=3, progress=False)
+    return bundle_dir
+
+
+def test_table_policy_in_the_loop(tiny_bundle_copy, tmp_path, broker, server, subscriber):
+    from carboncp.runtime.commands.run import cost_model_of
+    from carboncp.runtime.policy import TablePolicy
+
+    bundle = Bundle.load(_with_table(tiny_bundle_copy, tmp_path))
+    policy = TablePolicy.from_bundle(bundle, mode="A")
+    head = make_runner(bundle, backend="litert")
+    loop = DeviceLoop(
+        bundle, policy, head, client=OffloadClient(server.url, bundle), carbon=subscriber,
+        config=LoopConfig(device_zone=DEV, server_zone=SRV, deadline_ms=2000),
+        cost_model=cost_model_of(bundle), load=LoadSampler(0.0),
+    )  # fmt: skip
+    _publish(broker, subscriber, dev=450.0, srv=150.0)
+    recs = _run(loop, head, bundle, 8, seed=3)
+    assert all(r.mode == "A" and r.cell is not None for r in recs)
+    assert all(r.partition in r.candidates for r in recs)
+    assert policy.n_observed == len(recs)  # the realised contexts went back (ACI)
+    assert any(r.offloaded for r in recs)  # this table offloads on a fast link with DE-LU > GB
+    head.close()
