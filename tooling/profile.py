@@ -1,16 +1,20 @@
 """Profile a bundle on this machine and write its 'profile' and 'objective' sections.
 
 What is measured here, with the runtime's own runners (`carboncp.runtime.runners`):
-- tau_d(p): each head's latency (LiteRT by default), median and p90 over `repeats` runs after
-  `warmup` runs, on a fixed seeded uint8 image;
-- tau_s(p): each tail's latency (ExecuTorch), median;
+- tau_d(p): each head's latency (LiteRT by default), median and p90 over `repeats` rounds
+  after `warmup` runs, on a fixed seeded uint8 image. Partitions are timed round-robin (each
+  round runs every head once), so that other work on the machine slows all alike; heads are
+  nested, so tau_d is made non-decreasing in p (an inversion is timing noise);
+- tau_s(p): each tail's latency (ExecuTorch), median, round-robin, made non-increasing;
 - g_d(u): the full model's slow-down under background CPU load at several levels
   (`tooling/loadgen.py`: duty-cycled busy-loop processes, always stopped afterwards), as the
-  ratio of medians; made non-decreasing and >= 1 (a faster run under load is noise).
+  ratio of medians measured back to back (unloaded, then under load); made non-decreasing
+  and >= 1 (a faster run under load is noise).
   g_s(v) is measured the same way on the p = 0 tail (in --quick mode, g_d is reused).
 What comes from the device profile (tooling/device_profiles/*.toml, every figure sourced
 there): active and idle power, radio, battery capacity, and, for a device that is not this
-machine, the factor that scales this host's head latencies to that device.
+machine, the factors that scale this host's head latencies to that device and its tail
+latencies to the edge server (anchored on published/reference full-model latencies).
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ class DeviceProfile:
     reference_full_model_ms: float | None = None
     fallback_scale: float = 1.0
     server_latency_scale: float = 1.0
+    server_reference_model: str | None = None
+    server_reference_full_model_ms: float | None = None
     server_p_marginal_mw: float = DEFAULT_SERVER_MARGINAL_MW
     description: str = ""
     path: str = ""
@@ -81,6 +87,16 @@ class DeviceProfile:
                 f"{self.name}) / {host_full_model_ms:.3f} ms (measured here)"
             )
         return self.fallback_scale, f"fallback_scale of {self.path or self.name}"
+
+    def server_scale(self, model_name: str, host_full_tail_ms: float) -> tuple[float, str]:
+        """(factor, how) mapping the tails measured here to the edge server's."""
+        ref = self.server_reference_full_model_ms
+        if ref and model_name == self.server_reference_model and host_full_tail_ms > 0:
+            return ref / host_full_tail_ms, (
+                f"{ref} ms (reference {model_name} on the edge server) / "
+                f"{host_full_tail_ms:.3f} ms (p=0 tail measured here)"
+            )
+        return self.server_latency_scale, f"[server] latency_scale of {self.path or self.name}"
 
 
 def device_profile_names() -> list[str]:
@@ -105,7 +121,7 @@ def resolve_device_profile(spec: str | Path) -> Path:
 
 _TOP = {"name", "description", "p_active_mw", "p_idle_mw", "radio", "battery_wh"}
 _LAT = {"measured", "reference_model", "reference_full_model_ms", "fallback_scale"}
-_SRV = {"latency_scale", "p_marginal_mw"}
+_SRV = {"latency_scale", "p_marginal_mw", "reference_model", "reference_full_model_ms"}
 
 
 def load_device_profile(spec: str | Path | DeviceProfile) -> DeviceProfile:
@@ -158,6 +174,12 @@ def load_device_profile(spec: str | Path | DeviceProfile) -> DeviceProfile:
         reference_full_model_ms=None if ref_ms is None else float(ref_ms),
         fallback_scale=float(lat.get("fallback_scale", 1.0)),
         server_latency_scale=num(srv, "latency_scale", "server.", 1.0),
+        server_reference_model=srv.get("reference_model"),
+        server_reference_full_model_ms=(
+            num(srv, "reference_full_model_ms", "server.")
+            if "reference_full_model_ms" in srv
+            else None
+        ),
         server_p_marginal_mw=num(srv, "p_marginal_mw", "server.", DEFAULT_SERVER_MARGINAL_MW),
         path=str(path),
     )
@@ -214,15 +236,12 @@ def _objective_for(
 
 
 def _slowdown(
-    fn: Callable[[], Any],
-    base_ms: float,
-    levels: Sequence[float],
-    repeats: int,
-    progress: bool,
-    what: str,
+    fn: Callable[[], Any], levels: Sequence[float], repeats: int, progress: bool, what: str
 ) -> tuple[list[float], list[float]]:
+    """g at each load level: median under load / median without, measured back to back."""
     from carboncp.tooling.loadgen import BackgroundLoad
 
+    base = float(np.median(time_ms(fn, repeats, warmup=1)))
     u, g = [0.0], [1.0]
     for level in levels:
         if level <= 0:
@@ -231,10 +250,29 @@ def _slowdown(
             _say(
                 f"[profile] {what} under load {level:.2f} ({load.cores:g} busy cores) ...", progress
             )
-            ms = float(np.median(time_ms(fn, repeats, warmup=2)))
+            ms = float(np.median(time_ms(fn, repeats, warmup=1)))
         u.append(float(level))
-        g.append(max(g[-1], ms / base_ms))  # monotone, >= 1
+        g.append(max(g[-1], ms / base))  # monotone, >= 1
     return u, g
+
+
+def time_interleaved(
+    fns: dict[int, Callable[[], Any]], repeats: int, warmup: int, progress: bool, what: str
+) -> dict[int, np.ndarray]:
+    """Wall times (ms) of every fn, round-robin: repeat r times each fn once in turn, so that
+    whatever else the machine does at the time slows all partitions alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    out = {k: np.empty(repeats) for k in fns}
+    for r in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            out[k][r] = (time.perf_counter() - t0) * 1e3
+        if progress and (r + 1) % max(1, repeats // 4) == 0:
+            _say(f"[profile] {what}s: round {r + 1}/{repeats}", progress)
+    return out
 
 
 def profile_bundle(
@@ -279,47 +317,42 @@ def profile_bundle(
 
     dev_med, dev_p90 = np.zeros(P + 1), np.zeros(P + 1)
     srv_med = np.zeros(P + 1)
+    slow_reps = max(3, repeats // 2)
     head = make_runner(bundle, head_backend, "head")
     try:
-        for p in range(1, P + 1):
-            x = _input(bundle, p, "head", rng)
-            ms = time_ms(lambda p=p, x=x: head.run(p, x), repeats, warmup)
-            dev_med[p], dev_p90[p] = np.median(ms), np.quantile(ms, 0.9)
-            _say(f"[profile] head p={p}/{P} ({head_backend}): median {dev_med[p]:.3f} ms", progress)
-        x_full = _input(bundle, P, "head", rng)
-        u, g_d = _slowdown(
-            lambda: head.run(P, x_full),
-            dev_med[P],
-            levels,
-            max(3, repeats // 2),
-            progress,
-            "full model",
+        xs = {p: _input(bundle, p, "head", rng) for p in range(1, P + 1)}
+        ms = time_interleaved(
+            {p: (lambda p=p: head.run(p, xs[p])) for p in xs}, repeats, warmup, progress, "head"
         )
+        for p, v in ms.items():
+            dev_med[p], dev_p90[p] = np.median(v), np.quantile(v, 0.9)
+            _say(f"[profile] head p={p}/{P} ({head_backend}): median {dev_med[p]:.3f} ms", progress)
+        u, g_d = _slowdown(lambda: head.run(P, xs[P]), levels, slow_reps, progress, "full model")
     finally:
         head.close()
     tail = make_runner(bundle, "executorch", "tail")
     try:
-        for p in range(P):
-            x = _input(bundle, p, "tail", rng)
-            ms = time_ms(lambda p=p, x=x: tail.run(p, x), repeats, warmup)
-            srv_med[p] = np.median(ms)
+        xt = {p: _input(bundle, p, "tail", rng) for p in range(P)}
+        ms = time_interleaved(
+            {p: (lambda p=p: tail.run(p, xt[p])) for p in xt}, repeats, warmup, progress, "tail"
+        )
+        for p, v in ms.items():
+            srv_med[p] = np.median(v)
             _say(f"[profile] tail p={p}/{P - 1} (executorch): median {srv_med[p]:.3f} ms", progress)
         if quick:
             v, g_s = u, g_d
         else:
-            x0 = _input(bundle, 0, "tail", rng)
-            v, g_s = _slowdown(
-                lambda: tail.run(0, x0),
-                srv_med[0],
-                levels,
-                max(3, repeats // 2),
-                progress,
-                "p=0 tail",
-            )
+            v, g_s = _slowdown(lambda: tail.run(0, xt[0]), levels, slow_reps, progress, "p=0 tail")
     finally:
         tail.close()
+    # Heads are nested (head p+1 runs head p and more), tails likewise the other way: a
+    # measured inversion is timing noise, so enforce the order.
+    dev_p90 = np.maximum(np.maximum.accumulate(dev_p90), dev_med)
+    dev_med = np.maximum.accumulate(dev_med)
+    srv_med[:P] = np.maximum.accumulate(srv_med[:P][::-1])[::-1]
 
     scale, how = dp.latency_scale(bundle.model_name, float(dev_med[P]))
+    s_scale, s_how = dp.server_scale(bundle.model_name, float(srv_med[0]))
     wire = np.zeros(P + 1)
     dtypes = []
     for part in bundle.partitions[:P]:
@@ -333,7 +366,7 @@ def profile_bundle(
     prof = Profile(
         device_ms=dev_med * scale,
         device_ms_p90=dev_p90 * scale,
-        server_ms=srv_med * dp.server_latency_scale,
+        server_ms=srv_med * s_scale,
         wire_bytes=wire,
         return_bytes=ret,
         p_active_mw=dp.p_active_mw,
@@ -349,9 +382,10 @@ def profile_bundle(
         cuts=tuple(part.cut for part in bundle.partitions),
         wire_dtypes=tuple(dtypes),
         sources={
-            "device_ms": f"{head_backend} heads measured here ({repeats} runs after {warmup} "
-            f"warm-up, median/p90) x {scale:.4g} ({how})",
-            "server_ms": f"executorch tails measured here x {dp.server_latency_scale:g}",
+            "device_ms": f"{head_backend} heads measured here ({repeats} interleaved rounds "
+            f"after {warmup} warm-up, median/p90, made non-decreasing in p) x {scale:.4g} ({how})",
+            "server_ms": f"executorch tails measured here ({repeats} runs, median) x "
+            f"{s_scale:.4g} ({s_how})",
             "device_slowdown": f"full-model head under BackgroundLoad levels {list(levels)} of "
             f"this machine's CPUs (tooling/loadgen.py)",
             "server_slowdown": "copied from device_slowdown (--quick)"

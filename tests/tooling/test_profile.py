@@ -44,6 +44,11 @@ def test_latency_scale_uses_the_published_figure_for_its_model() -> None:
     s, how = rpi.latency_scale("mobilenet_v2", 10.0)
     assert s == rpi.fallback_scale and "fallback" in how
     assert load_device_profile("host").latency_scale("resnet18", 10.0)[0] == 1.0
+    # The edge server is anchored to its reference full-model latency the same way.
+    s, how = rpi.server_scale("resnet18", 41.0)
+    assert s == pytest.approx(8.2 / 41.0) and "reference" in how
+    assert rpi.server_scale("mobilenet_v2", 41.0)[0] == rpi.server_latency_scale
+    assert load_device_profile("host").server_scale("resnet18", 41.0)[0] == 1.0
 
 
 def _dp(tmp_path: Path, text: str) -> Path:
@@ -65,6 +70,7 @@ GOOD = 'p_active_mw = 5000\np_idle_mw = 2000\nradio = "lte"\nbattery_wh = 10\n'
         (GOOD.replace("p_idle_mw = 2000\n", ""), "missing key 'p_idle_mw'"),
         (GOOD + "[latency]\nmeasured = false\nfallback_scale = 0\n", "'latency.fallback_scale'"),
         (GOOD + "[server]\np_marginal_mw = 'lots'\n", "'server.p_marginal_mw'"),
+        (GOOD + "[server]\nreference_full_model_ms = 0\n", "'server.reference_full_model_ms'"),
         ("p_active_mw = = 1\n", "not valid TOML"),
     ],
 )
