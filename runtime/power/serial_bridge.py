@@ -21,7 +21,13 @@ class SerialBridgeSource(ClosableSource):
     name = "serial"
 
     def __init__(
-        self, port: str, rate_hz: float = 1000, reader: Any = None, *, baudrate: int = 921600
+        self,
+        port: str,
+        rate_hz: float = 1000,
+        reader: Any = None,
+        *,
+        baudrate: int = 115200,
+        wait_s: float = 0.02,
     ) -> None:
         super().__init__()
         self.port, self.rate_hz = port, rate_hz
@@ -33,14 +39,17 @@ class SerialBridgeSource(ClosableSource):
                     f"serial power monitor needs carboncp.firmware_bridge.host and pyserial "
                     f"({exc}); pip install 'carboncp[runtime]'"
                 ) from exc
-            try:
-                reader = BridgeReader(port, baudrate, rate_hz)
-            except OSError as exc:
-                raise BackendMissingError(
-                    f"cannot open serial power monitor at {port}: {exc}"
-                ) from exc
+            reader = BridgeReader(port, baudrate, int(rate_hz))
         self._reader = reader
-        self._reader.start()
+        self.wait_s = wait_s
+        try:
+            self._reader.start()
+        except OSError as exc:  # BridgeError, SerialException: both OSErrors
+            self._reader.close()
+            raise BackendMissingError(
+                f"serial power monitor at {port} did not start: {exc}; check the port "
+                "(ls /dev/ttyUSB* /dev/ttyACM*) and that the firmware_bridge firmware is flashed"
+            ) from exc
         self.last_seq: int | None = None
 
     def _read(self) -> PowerReading:
@@ -64,10 +73,12 @@ class SerialBridgeSource(ClosableSource):
 
     def energy_between(self, t0_s: float, t1_s: float) -> tuple[float, int]:
         """(energy_j, samples) over [t0_s, t1_s] from the bridge's full-rate stream."""
+        try:
+            e = float(self._reader.energy_j(t0_s, t1_s, wait_s=self.wait_s))
+        except OSError as exc:  # BridgeError: no sample within or around the window
+            raise SensorFault("stale", f"serial:{self.port}: {exc}", self.port) from exc
         n = len(self._reader.samples_between(t0_s, t1_s))
-        if n == 0:
-            raise SensorFault("stale", f"serial:{self.port}: no samples in [{t0_s}, {t1_s}]")
-        return float(self._reader.energy_j(t0_s, t1_s)), n
+        return e, n
 
     @property
     def stats(self) -> Any:

@@ -282,8 +282,21 @@ class StubReader:
     def samples_between(self, t0, t1):
         return [s for s in self.samples if t0 <= s.host_t_s <= t1]
 
-    def energy_j(self, t0, t1):
+    def energy_j(self, t0, t1, wait_s=0.0):
+        if not self.samples_between(t0 - 0.01, t1 + 0.01):
+            raise OSError("no sample within or around the window")  # as BridgeError does
         return 2.0 * (t1 - t0)
+
+
+def test_serial_bridge_start_failure_names_port():
+    class Dead(StubReader):
+        def start(self):
+            raise OSError("no answer from the bridge within the connect timeout")
+
+    reader = Dead()
+    with pytest.raises(BackendMissingError, match="/dev/ttyGONE"):
+        SerialBridgeSource("/dev/ttyGONE", reader=reader)
+    assert reader.closed == 1
 
 
 def test_serial_bridge_wraps_reader():
