@@ -256,6 +256,43 @@ def _slowdown(
     return u, g
 
 
+def measure_power(
+    spec: str | Any | None, run_full: Callable[[], Any], window_s: float, progress: bool
+) -> tuple[float, float, str] | None:
+    """(idle mW, active mW, how) from a power source: mean power over `window_s` doing nothing,
+    then over `window_s` running the full model back to back. None without a source."""
+    from carboncp.runtime.errors import PowerSourceError
+    from carboncp.runtime.power import EnergyMeter, PowerSource, open_power_source
+
+    if spec is None or spec == "none":
+        return None
+    source = spec if isinstance(spec, PowerSource) else open_power_source(str(spec))
+    if source is None:
+        return None
+    means = []
+    with EnergyMeter(source, rate_hz=100.0) as meter:
+        time.sleep(0.1)
+        for what in ("idle", "active"):
+            _say(f"[profile] measuring {what} power for {window_s:g} s ...", progress)
+            with meter.measure() as w:
+                end = time.monotonic() + window_s
+                while time.monotonic() < end:
+                    if what == "active":
+                        run_full()
+                    else:
+                        time.sleep(0.01)
+            r = w.result
+            assert r is not None and w.t1_s is not None
+            if r.modelled or r.energy_j is None:
+                raise PowerSourceError(
+                    f"power source {source!r}: no usable {what} measurement ({', '.join(r.flags)}); "
+                    "check the sensor, or profile without --power-source"
+                )
+            means.append(r.energy_j / (w.t1_s - w.t0_s) * 1000.0)
+    idle, active = means[0], max(means)  # computing never draws less than idling
+    return idle, active, f"measured here with power source {spec} ({window_s:g} s windows)"
+
+
 def time_interleaved(
     fns: dict[int, Callable[[], Any]], repeats: int, warmup: int, progress: bool, what: str
 ) -> dict[int, np.ndarray]:
@@ -288,12 +325,17 @@ def profile_bundle(
     wire_dtype: str = "float32",
     load_levels: Sequence[float] | None = None,
     seed: int = 0,
+    power_source: str | Any | None = None,
+    power_window_s: float = 2.0,
 ) -> Profile:
     """Measure the bundle here, combine with the device profile, write the sections.
 
     Returns the Profile written. `quick` uses fewer repeats and load levels (tests, CI).
     `wire_dtype` "float16" sends activations at half size where the bundle recorded the
-    float16 error (the image at p = 0 is always uint8).
+    float16 error (the image at p = 0 is always uint8). `power_source` (a spec for
+    `carboncp.runtime.power.open_power_source`, e.g. "ina219:1:0x40", "jetson", "sysfs",
+    or a PowerSource) measures idle and active power here instead of taking the device
+    profile's; only for a device profile whose latencies are measured on this machine.
     """
     from carboncp.runtime.runners import make_runner
 
@@ -304,6 +346,12 @@ def profile_bundle(
     bundle = Bundle.load(bundle_path)
     dp = load_device_profile(device_profile)
     obj = _objective_for(objective, bundle, dp)
+    if power_source not in (None, "none") and not dp.measured:
+        raise ConfigError(
+            f"--power-source measures THIS machine, but device profile {dp.name!r} describes "
+            "another device (its latencies are scaled); use it with --device-profile host or "
+            "a profile with measured = true, run on the device itself"
+        )
     if quick:
         repeats, warmup = min(repeats, 5), min(warmup, 1)
     levels = (
@@ -328,6 +376,7 @@ def profile_bundle(
             dev_med[p], dev_p90[p] = np.median(v), np.quantile(v, 0.9)
             _say(f"[profile] head p={p}/{P} ({head_backend}): median {dev_med[p]:.3f} ms", progress)
         u, g_d = _slowdown(lambda: head.run(P, xs[P]), levels, slow_reps, progress, "full model")
+        power = measure_power(power_source, lambda: head.run(P, xs[P]), power_window_s, progress)
     finally:
         head.close()
     tail = make_runner(bundle, "executorch", "tail")
@@ -369,8 +418,8 @@ def profile_bundle(
         server_ms=srv_med * s_scale,
         wire_bytes=wire,
         return_bytes=ret,
-        p_active_mw=dp.p_active_mw,
-        p_idle_mw=dp.p_idle_mw,
+        p_active_mw=power[1] if power else dp.p_active_mw,
+        p_idle_mw=power[0] if power else dp.p_idle_mw,
         radio=obj.radio,
         battery_wh=dp.battery_wh,
         server_p_marginal_mw=dp.server_p_marginal_mw,
@@ -391,7 +440,7 @@ def profile_bundle(
             "server_slowdown": "copied from device_slowdown (--quick)"
             if quick
             else f"p=0 tail under the same load levels {list(levels)}",
-            "power": f"device profile {dp.path or dp.name}",
+            "power": power[2] if power else f"device profile {dp.path or dp.name}",
             "server_p_marginal_mw": f"device profile {dp.path or dp.name} [server]",
             "wire_bytes": f"bundle manifest ({wire_dtype} activations, uint8 image at p=0)",
             "return_bytes": "float32 model output",

@@ -160,3 +160,24 @@ def test_cli_profile_and_its_errors(
     out = capsys.readouterr().out
     assert "device host" in out and "slow-down" in out
     assert Bundle.load(tiny_bundle_copy).section("profile") is not None
+
+
+@pytest.mark.slow
+def test_power_source_replaces_the_profile_power(tiny_bundle_copy: Path) -> None:
+    from carboncp.runtime.power.fake import FakePowerSource
+
+    with pytest.raises(ConfigError, match="measures THIS machine"):
+        profile_bundle(tiny_bundle_copy, "rpi4", quick=True, progress=False, power_source="fake")
+    prof = profile_bundle(
+        tiny_bundle_copy,
+        "host",
+        quick=True,
+        progress=False,
+        load_levels=(0.0,),
+        power_source=FakePowerSource(1500.0),
+        power_window_s=0.3,
+    )
+    assert prof.p_idle_mw == pytest.approx(1500.0, rel=0.02)
+    assert prof.p_active_mw == pytest.approx(1500.0, rel=0.02)
+    assert "measured here with power source" in prof.sources["power"]
+    assert load_profile(tiny_bundle_copy).p_idle_mw == prof.p_idle_mw

@@ -3,7 +3,8 @@
 Measures on this machine, with the runtime's own runners: every head's latency (median and
 p90 after warm-up), every tail's latency, and the slow-down of the full model under real
 background CPU load (duty-cycled busy-loop processes at several levels, always stopped).
-Power, radio and battery come from a device profile; for a device that is not this machine
+Power, radio and battery come from a device profile (idle and active power from a power
+source instead with --power-source, when this machine is the device); for a device that is not this machine
 (rpi4, jetson-orin-nano) the head latencies are this host's scaled by the documented factor
 in that profile (run this command on the device itself with --device-profile host, or a
 copy of the profile with measured = true, to use real measurements). Writes the bundle's
@@ -52,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("float32", "float16"),
         help="activation dtype on the link (the image at p = 0 is always uint8)",
     )
+    parser.add_argument(
+        "--power-source",
+        metavar="SPEC",
+        help="measure idle/active power here: ina219[:BUS[:ADDR]], jetson, sysfs[:NAME], "
+        "serial:PORT (with --device-profile host or a measured profile)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -70,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         quick=args.quick,
         head_backend=args.backend,
         wire_dtype=args.wire,
+        power_source=args.power_source,
     )
     print(f"device {prof.device}: partitions 0..{prof.last}")
     print(f"{'p':>3} {'cut':<14} {'tau_d ms':>10} {'p90 ms':>10} {'tau_s ms':>10} {'wire B':>10}")
