@@ -41,7 +41,11 @@ class FaultInjector:
         self.p = p
         self.mode: str | None = None
         self.damaged: list[tuple[str, int | None]] = []  # (kind, seq16)
+        self.counts = dict.fromkeys(self.KINDS, 0)
         self.swallowed = 0
+
+    def count(self, kind: str) -> int:
+        return self.counts[kind]
 
     def __call__(self, frame: bytes) -> bytes:
         if self.mode == "stall":
@@ -66,6 +70,7 @@ class FaultInjector:
             burst = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
             out = bytearray(burst) + out
             seq = None  # the frame itself is intact and may be delivered
+        self.counts[kind] += 1
         if seq is not None:
             self.damaged.append((kind, seq))
         return bytes(out)
