@@ -23,7 +23,9 @@ MAX_INTERPOLATED_GAP_H = 3  # missing hours in a row that are filled by interpol
 
 TIME_COLUMN = "Datetime (UTC)"
 ZONE_COLUMN = "Zone Id"
-_INTENSITY_KINDS = ("direct", "lca")
+# Accepted spellings of the intensity column's qualifier, per kind: the 2023 exports say
+# "(direct)"/"(LCA)", newer ones "Carbon intensity ... (direct)"/"(Life cycle)".
+_INTENSITY_KINDS = {"direct": ("direct",), "lca": ("lca", "life cycle", "lifecycle")}
 
 
 class TraceRepairWarning(UserWarning):
@@ -120,7 +122,8 @@ def load_carbon_csv(path: str | Path, column: str = "direct") -> CarbonTrace:
         )
     ti = header.index(TIME_COLUMN)
     vi = _intensity_column(path, header, column)
-    zi = header.index(ZONE_COLUMN) if ZONE_COLUMN in header else None
+    low = [h.lower() for h in header]
+    zi = low.index(ZONE_COLUMN.lower()) if ZONE_COLUMN.lower() in low else None
     body = rows[1:]
     if not body:
         raise TraceError(f"{path}: header only, no data rows")
@@ -205,10 +208,10 @@ def _intensity_column(path: Path, header: list[str], column: str) -> int:
         return header.index(column)
     if column in norm:
         return norm.index(column)
-    if column.lower() in _INTENSITY_KINDS:
-        want = f"Carbon Intensity gCO2eq/kWh ({column.lower()})"
+    for qualifier in _INTENSITY_KINDS.get(column.lower(), ()):
+        want = f"carbon intensity gco2eq/kwh ({qualifier})"
         for i, h in enumerate(norm):
-            if h.lower() == want.lower():
+            if h.lower() == want:
                 return i
     raise TraceError(
         f"{path}: no carbon-intensity column for {column!r} (expected "

@@ -102,6 +102,18 @@ def test_any_zone_step_hold_clamp_and_slice(tmp_path: Path) -> None:
         tr.slice(t0 + 100 * 3600, t0 + 200 * 3600)
 
 
+def test_newer_export_header_and_bom(tmp_path: Path) -> None:
+    newer = (
+        "\ufeffDatetime (UTC),Country,Zone name,Zone id,Carbon intensity gCO₂eq/kWh (direct),"
+        "Carbon intensity gCO₂eq/kWh (Life cycle),Carbon-free energy percentage (CFE%),"
+        "Renewable energy percentage (RE%),Data source,Data estimated,Data estimation method"
+    )
+    p = _csv(tmp_path, _hours(3), header=newer)
+    tr = load_carbon_csv(p)
+    assert tr.zone == "FR" and tr.gco2_per_kwh.tolist() == [50.0, 60.0, 70.0]
+    assert load_carbon_csv(p, column="lca").gco2_per_kwh.tolist() == [100.0] * 3
+
+
 def test_lca_and_ascii_column_names(tmp_path: Path) -> None:
     rows = _hours(3)
     assert load_carbon_csv(_csv(tmp_path, rows), column="lca").gco2_per_kwh.tolist() == [100.0] * 3
