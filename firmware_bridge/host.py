@@ -248,15 +248,21 @@ class BridgeReader:
                 self._buf_cond.wait(left)
             return True
 
-    def energy_j(self, t0_s: float, t1_s: float, wait_s: float = 0.0) -> float:
+    def energy_j(
+        self, t0_s: float, t1_s: float, wait_s: float = 0.0, max_gap_s: float | None = None
+    ) -> float:
         """Energy in joules over the host-time window [t0_s, t1_s], trapezoid rule.
 
-        Power is interpolated linearly between samples (also across lost samples) and held
-        at the first/last sample where the window overhangs the data. wait_s: first wait up
-        to this long for a sample at or after t1_s (frames arrive a little after the fact).
-        Raises BridgeError when no sample lies within or around the window."""
+        Power is interpolated linearly between samples and held at the first/last sample
+        where the window overhangs the data by less than max_gap_s (default: the larger of
+        50 ms and 20 sample periods). wait_s: first wait up to this long for a sample at or
+        after t1_s (frames arrive a little after the fact). Raises BridgeError when the
+        samples leave a hole longer than max_gap_s in or at the edges of the window (an
+        unplugged or stalled device): the caller should fall back, not extrapolate."""
         if not (math.isfinite(t0_s) and math.isfinite(t1_s)) or t1_s < t0_s:
             raise ValueError(f"bad energy window [{t0_s}, {t1_s}]")
+        if max_gap_s is None:
+            max_gap_s = max(0.05, 20.0 / self.rate_hz)
         if wait_s > 0:
             self.wait_for(t1_s, wait_s)
         with self._buf_cond:
@@ -272,6 +278,13 @@ class BridgeReader:
             i1 = min(len(times) - 1, bisect.bisect_left(times, t1_s))
             ts = times[i0 : i1 + 1]
             ps = [s.power_mw for s in samples[i0 : i1 + 1]]
+        edges = [ts[0] - t0_s, t1_s - ts[-1]]
+        gap = max(edges + [b - a for a, b in itertools.pairwise(ts)])
+        if gap > max_gap_s:
+            raise BridgeError(
+                f"{self.port}: a {gap * 1000:.0f} ms hole in the samples over "
+                f"[{t0_s:.3f}, {t1_s:.3f}] s (longer than {max_gap_s * 1000:.0f} ms)"
+            )
         return _trapezoid_mj(ts, ps, t0_s, t1_s) / 1000.0
 
     def identify(self) -> protocol.DeviceInfo:

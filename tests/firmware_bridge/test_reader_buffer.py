@@ -39,14 +39,28 @@ def test_energy_of_a_linear_ramp_is_exact_and_clamped_at_edges():
     a, b = t_first + 0.1234, t_first + 0.4321
     p = lambda t: 1000.0 + 2000.0 * (t - t_first)  # noqa: E731 - mW at host time t
     assert r.energy_j(a, b) == pytest.approx((p(a) + p(b)) / 2 * (b - a) / 1000, rel=1e-9)
-    # overhanging the start: power held at the first sample
+    # overhanging the start a little: power held at the first sample
     e = r.energy_j(t_first - 0.01, t_first + 0.01)
     assert e == pytest.approx((1000 * 0.01 + (1000 + p(t_first + 0.01)) / 2 * 0.01) / 1000)
     assert r.energy_j(a, a) == 0.0
     with pytest.raises(BridgeError, match="no samples around"):
         r.energy_j(t_last + 1.0, t_last + 2.0)
+    with pytest.raises(BridgeError, match="hole"):  # overhangs the data by 0.3 s
+        r.energy_j(t_last - 0.1, t_last + 0.3)
+    assert r.energy_j(t_last - 0.1, t_last + 0.3, max_gap_s=1.0) > 0
     with pytest.raises(ValueError):
         r.energy_j(b, a)
+
+
+def test_hole_inside_the_window_is_an_error_not_an_interpolation():
+    r = _reader()
+    _feed(r, [*range(100), *range(400, 500)], lambda i: 1000.0)  # 300 ms lost in the middle
+    s = r.samples_between(-1e9, 1e9)
+    with pytest.raises(BridgeError, match="hole"):
+        r.energy_j(s[50].host_t_s, s[150].host_t_s)
+    assert r.stats.lost_samples == 300
+    # windows on either side of the hole are fine
+    assert r.energy_j(s[10].host_t_s, s[90].host_t_s) == pytest.approx(0.08, rel=1e-6)
 
 
 def test_samples_between_is_inclusive_and_latest():
