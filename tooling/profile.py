@@ -467,3 +467,40 @@ def write_sections(bundle: Bundle, profile: Profile, objective: Objective) -> No
     sections["profile"] = PROFILE_FILE
     sections["objective"] = OBJECTIVE_FILE
     save_manifest(bundle.path, manifest)
+
+
+def plot_profile(profile: Profile, path: str | Path) -> Path:
+    """A PNG of the profile: per-partition latencies and bytes, and the load slow-down."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    P = profile.last
+    ps = np.arange(P + 1)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax.bar(ps - 0.2, profile.device_ms, 0.4, label="device head τ_d (median)")
+    ax.errorbar(ps - 0.2, profile.device_ms, yerr=[np.zeros(P + 1), profile.device_ms_p90 - profile.device_ms],
+                fmt="none", ecolor="k", capsize=3, label="p90")  # fmt: skip
+    ax.bar(ps + 0.2, profile.server_ms, 0.4, label="server tail τ_s (median)")
+    ax.set_xticks(
+        ps, [f"{p}\n{c}" for p, c in zip(ps, profile.cuts or [""] * (P + 1), strict=True)]
+    )
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_ylabel("ms")
+    ax.set_title(f"{profile.device}: latency per partition")
+    tw = ax.twinx()
+    tw.plot(ps, profile.wire_bytes / 1e3, "o-", color="tab:red", label="wire kB")
+    tw.set_ylabel("kB on the link", color="tab:red")
+    ax.legend(loc="upper left", fontsize=8)
+    ax2.plot(profile.device_load_u, profile.device_slowdown_g, "o-", label="device g_d(u)")
+    ax2.plot(profile.server_load_v, profile.server_slowdown_g, "s--", label="server g_s(v)")
+    ax2.set_xlabel("background load (fraction of the CPUs)")
+    ax2.set_ylabel("slow-down")
+    ax2.set_title("slow-down under load")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -156,9 +156,11 @@ def test_cli_profile_and_its_errors(
 ) -> None:
     assert main(["profile", str(tiny_bundle_copy), "--device-profile", "nope"]) == 2
     assert "valid names" in capsys.readouterr().err
-    assert main(["profile", str(tiny_bundle_copy), "--quick", "--quiet"]) == 0
+    png = tiny_bundle_copy.parent / "profile.png"
+    assert main(["profile", str(tiny_bundle_copy), "--quick", "--quiet", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     assert "device host" in out and "slow-down" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Bundle.load(tiny_bundle_copy).section("profile") is not None
 
 

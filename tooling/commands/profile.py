@@ -59,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="measure idle/active power here: ina219[:BUS[:ADDR]], jetson, sysfs[:NAME], "
         "serial:PORT (with --device-profile host or a measured profile)",
     )
+    parser.add_argument("--plot", metavar="PNG", help="also draw the profile into this PNG file")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # ExecuTorch timings scatter otherwise
-    from carboncp.tooling.profile import profile_bundle
+    from carboncp.tooling.profile import plot_profile, profile_bundle
 
     prof = profile_bundle(
         args.bundle,
@@ -91,4 +92,6 @@ def run(args: argparse.Namespace) -> int:
         f"g({u:g})={v:.2f}" for u, v in zip(prof.device_load_u, prof.device_slowdown_g, strict=True)
     )
     print(f"device slow-down: {g}")
+    if args.plot:
+        print(f"plot: {plot_profile(prof, args.plot)}")
     return 0
