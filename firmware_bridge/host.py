@@ -255,14 +255,14 @@ class BridgeReader:
 
         Power is interpolated linearly between samples and held at the first/last sample
         where the window overhangs the data by less than max_gap_s (default: the larger of
-        50 ms and 20 sample periods). wait_s: first wait up to this long for a sample at or
+        100 ms and 50 sample periods). wait_s: first wait up to this long for a sample at or
         after t1_s (frames arrive a little after the fact). Raises BridgeError when the
         samples leave a hole longer than max_gap_s in or at the edges of the window (an
         unplugged or stalled device): the caller should fall back, not extrapolate."""
         if not (math.isfinite(t0_s) and math.isfinite(t1_s)) or t1_s < t0_s:
             raise ValueError(f"bad energy window [{t0_s}, {t1_s}]")
         if max_gap_s is None:
-            max_gap_s = max(0.05, 20.0 / self.rate_hz)
+            max_gap_s = max(0.1, 50.0 / self.rate_hz)
         if wait_s > 0:
             self.wait_for(t1_s, wait_s)
         with self._buf_cond:
