@@ -157,3 +157,62 @@ def test_silent_port_fails_handshake(tmp_path):
             BridgeReader(dev.path, timeout_s=0.1, connect_timeout_s=1.0).start()
     finally:
         dev.close()
+
+
+def test_corrupted_commands_are_retried_until_the_device_understands(tmp_path):
+    """Faults in the other direction: a serial wrapper that mangles half the host's writes."""
+    import random
+
+    import serial
+
+    rng = random.Random(5)
+    mangled = []
+
+    def flaky_factory(url, **kw):
+        ser = serial.serial_for_url(url, **kw)
+        write = ser.write
+
+        def bad_write(data):
+            if rng.random() < 0.5:
+                data = bytearray(data)
+                data[rng.randrange(len(data) - 1)] ^= 0x04  # never the delimiter
+                mangled.append(bytes(data))
+            return write(bytes(data))
+
+        ser.write = bad_write
+        return ser
+
+    with SimulatedDevice(rate_hz=500) as dev:
+        reader = BridgeReader(dev.path, rate_hz=500, timeout_s=0.3, serial_factory=flaky_factory)
+        try:
+            reader.start()
+            assert reader.wait_for(time.monotonic() + 0.1, timeout_s=5)
+            for _ in range(6):
+                assert reader.identify().protocol_version == 1
+            rx_bad = dev.monitor.rx_bad
+        finally:
+            reader.close()
+    assert mangled and rx_bad >= 1  # the device saw and dropped the mangled commands
+
+
+def test_power_monitor_command_through_the_dispatcher(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "carboncp.runtime.cli",
+            "power-monitor",
+            "--port",
+            str(tmp_path / "ttyACM9"),
+            "--seconds",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "cannot open serial port" in proc.stderr and "Traceback" not in proc.stderr
