@@ -23,7 +23,7 @@ _B, _RTT, _U, _V, _ID, _IS, _BAT = range(7)
 assert CONTEXT_FIELDS[_B] == "bandwidth_mbps" and CONTEXT_FIELDS[_BAT] == "battery_pct"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays
 class Costs:
     """Costs of every partition for N contexts; each array is (N, P+1)."""
 

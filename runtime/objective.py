@@ -7,6 +7,7 @@ Changing it means relabelling and recalibrating.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import asdict, dataclass, field, fields
@@ -112,6 +113,9 @@ class Objective:
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    def __hash__(self) -> int:  # the reference table is a dict: hash the serialised form
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
 
     # -- derived ---------------------------------------------------------------------------
     @property

@@ -19,7 +19,7 @@ _ARRAYS = ("device_ms", "device_ms_p90", "server_ms", "wire_bytes", "return_byte
 _CURVES = ("device_load_u", "device_slowdown_g", "server_load_v", "server_slowdown_g")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare to_dict() instead
 class Profile:
     """Latencies (ms), bytes, power (mW) and load slow-down curves of one deployment."""
 

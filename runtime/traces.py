@@ -42,7 +42,7 @@ def _repair(path: Path, what: str, repairs: list[str]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields explicitly
 class CarbonTrace:
     """Hourly grid carbon intensity of one zone (gCO2eq/kWh), step-held within each hour."""
 
@@ -303,7 +303,7 @@ def _fill_gaps(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields explicitly
 class BandwidthTrace:
     """Measured throughput (Mbit/s) over irregular intervals, looped in time.
 

@@ -47,7 +47,7 @@ SPLITS = ("train", "cal", "test")
 _B, _RTT, _U, _V, _ID, _IS, _BAT = range(7)
 
 
-@dataclass
+@dataclass(eq=False)  # holds arrays
 class Replay:
     """A chronological sequence of inference events with true and seen contexts."""
 
