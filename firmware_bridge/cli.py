@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=1.0, help="seconds of silence that count as a stall"
     )
+    parser.add_argument("--csv", help="also write every sample to this CSV file")
+    parser.add_argument("--plot", help="also plot power and bus voltage to this PNG (matplotlib)")
 
 
 def _fail(msg: str) -> int:
@@ -55,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--seconds, --print-hz and --timeout must be positive")
     if (args.shunt_ohms is None) != (args.max_current_a is None):
         return _fail("give --shunt-ohms and --max-current-a together (or neither)")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401 - checked before minutes of reading, not after
+        except ImportError:
+            return _fail("--plot needs matplotlib: pip install matplotlib")
     cal = None
     if args.shunt_ohms is not None:
         if not (args.shunt_ohms > 0 and args.max_current_a > 0):
@@ -107,8 +114,57 @@ def _monitor(reader, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted; summary so far:", file=sys.stderr)
     reader.wait_for(min(time.monotonic(), t_end), timeout_s=0.2)
-    _summary(reader, t_begin, time.monotonic())
+    t_stop = time.monotonic()
+    _summary(reader, t_begin, t_stop)
+    samples = reader.samples_between(t_begin, t_stop)
+    if args.csv:
+        _write_csv(args.csv, samples)
+        print(f"wrote {len(samples)} samples to {args.csv}")
+    if args.plot and samples:
+        _plot(args.plot, samples, t_begin, args.port)
+        print(f"wrote {args.plot}")
     return 0
+
+
+def _write_csv(path: str, samples: list) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            ["seq", "mcu_us", "host_t_s", "bus_voltage_mv", "current_ma", "power_mw", "flags"]
+        )
+        for s in samples:
+            w.writerow(
+                [
+                    s.seq,
+                    s.mcu_us,
+                    f"{s.host_t_s:.6f}",
+                    s.bus_voltage_mv,
+                    s.current_ma,
+                    s.power_mw,
+                    s.flags,
+                ]
+            )
+
+
+def _plot(path: str, samples: list, t0: float, port: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [s.host_t_s - t0 for s in samples]
+    fig, (ax_p, ax_v) = plt.subplots(2, 1, sharex=True, figsize=(9, 5), height_ratios=[3, 1])
+    ax_p.plot(t, [s.power_mw for s in samples], lw=0.6)
+    ax_p.set_ylabel("power (mW)")
+    ax_p.set_title(f"INA219 bridge on {port}: {len(samples)} samples")
+    ax_v.plot(t, [s.bus_voltage_mv / 1000 for s in samples], lw=0.6, color="tab:orange")
+    ax_v.set_ylabel("bus (V)")
+    ax_v.set_xlabel("host time since start (s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _summary(reader, t0: float, t1: float) -> None:

@@ -29,6 +29,29 @@ def test_live_readings_and_summary(capsys):
     assert 0.3 * 5100 < mean_mw < 1.3 * 5100  # the fake load: 5.1 V x (0.8 +- 0.4) A
 
 
+def test_csv_and_plot_outputs(tmp_path, capsys):
+    csv_path, png_path = tmp_path / "s.csv", tmp_path / "p.png"
+    with SimulatedDevice() as dev:
+        rc = cli.run(
+            _args(
+                "--port",
+                dev.path,
+                "--seconds",
+                "0.4",
+                "--csv",
+                str(csv_path),
+                "--plot",
+                str(png_path),
+            )
+        )
+    assert rc == 0
+    rows = csv_path.read_text().splitlines()
+    assert rows[0].startswith("seq,mcu_us,host_t_s") and len(rows) > 20
+    seqs = [int(r.split(",")[0]) for r in rows[1:]]
+    assert seqs == sorted(seqs)
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_recalibration_option(capsys):
     with SimulatedDevice() as dev:
         rc = cli.run(
