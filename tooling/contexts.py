@@ -27,6 +27,10 @@ the device knows when it decides). The processes, and the only ways x̂ differs 
   duty cycle of local inference every `inference_period_s`), floored at 5% (the device
   stops running inferences there); recharges at `charge_mw` between `charge_start_h` and
   `charge_end_h` device-local time, up to 100%. Seen = true rounded to 1% (fuel gauge).
+- Device intensity (`device_intensity`): "live" (default) puts the device zone's live value
+  in I_d, METHOD's proxy; "charging" puts the intensity of the grid that charged the
+  battery: the live value while on the charger, otherwise the mean over the most recent
+  charging window (known to the device, so seen = true).
 Everything is seeded by `seed`. The costs and the label come from the true context.
 """
 
@@ -114,6 +118,7 @@ def build_replay(
     charge_start_h: float = 22.0,
     charge_end_h: float = 6.0,
     charge_mw: float = 10000.0,
+    device_intensity: str = "live",
 ) -> Replay:
     """Replay the carbon traces' common period (or [start_s, end_s)) as inference events.
 
@@ -148,6 +153,12 @@ def build_replay(
     # Carbon: true = this hour's value; seen = the last message (lagged by carbon_lag_s).
     i_d, i_s = device.at_array(t), server.at_array(t)
     i_d_seen = device.at_array(np.maximum(t - carbon_lag_s, device.start_s))
+    if device_intensity == "charging":
+        i_d = i_d_seen = _charging_intensity(
+            device, t, charge_start_h - device_utc_offset_h, charge_end_h - device_utc_offset_h
+        )
+    elif device_intensity != "live":
+        raise ValueError(f"device_intensity must be 'live' or 'charging', got {device_intensity!r}")
     i_s_seen = server.at_array(np.maximum(t - carbon_lag_s, server.start_s))
 
     # Bandwidth: looped trace, one random offset per day.
@@ -212,11 +223,33 @@ def build_replay(
             "charge_start_h": charge_start_h,
             "charge_end_h": charge_end_h,
             "charge_mw": charge_mw,
+            "device_intensity": device_intensity,
             "battery_mean_draw_mw": mean_mw,
         },
         "fields": list(CONTEXT_FIELDS),
     }
     return Replay(t, x_true, x_seen, tx, costs, label, splits, meta, pos)
+
+
+def _charging_intensity(
+    trace: CarbonTrace, t: np.ndarray, start_utc_h: float, end_utc_h: float
+) -> np.ndarray:
+    """Intensity of the grid that charged the battery: while on the charger, the live value;
+    otherwise the mean over the most recent charging window (hours whose start lies in it)."""
+    hours = trace.t_s.astype(np.float64)
+    h_of_day = ((hours % DAY_S) / HOUR_S - start_utc_h) % 24.0
+    length = (end_utc_h - start_utc_h) % 24.0
+    in_window = h_of_day < length
+    # Number each window by the time its (most recent) start; average the hours per window.
+    win_id = np.floor((hours - start_utc_h * HOUR_S) / DAY_S).astype(np.int64)
+    ids = win_id[in_window]
+    uniq, inv = np.unique(ids, return_inverse=True)
+    means = np.bincount(inv, weights=trace.gco2_per_kwh[in_window]) / np.bincount(inv)
+    t_id = np.floor((t - start_utc_h * HOUR_S) / DAY_S).astype(np.int64)
+    t_in = (((t % DAY_S) / HOUR_S - start_utc_h) % 24.0) < length
+    # Off the charger: the window that started most recently (same id: it already ended).
+    j = np.clip(np.searchsorted(uniq, t_id, side="right") - 1, 0, len(uniq) - 1)
+    return np.where(t_in, trace.at_array(t), means[j])
 
 
 def _load(

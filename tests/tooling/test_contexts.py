@@ -147,3 +147,20 @@ def test_seeded_and_refuses_disjoint_traces(setup) -> None:  # type: ignore[no-u
         build_replay(dev, later, bw, cm)
     with pytest.raises(ValueError, match="split"):
         build_replay(dev, srv, bw, cm, split=(0.5, 0.5, 0.5))
+
+
+def test_charging_intensity_is_last_nights_mean(setup) -> None:  # type: ignore[no-untyped-def]
+    dev, srv, bw, cm = setup
+    r = build_replay(dev, srv, bw, cm, events_per_hour=4, end_s=dev.start_s + 3 * 86400,
+                     device_intensity="charging")  # fmt: skip
+    np.testing.assert_array_equal(r.x_seen[:, 4], r.x_true[:, 4])
+    hour = (r.t_s % 86400) // 3600
+    day = (r.t_s - dev.start_s) // 86400
+    # Day 1, 12:00-21:59: off the charger; last window = day 0 22:00 to day 1 06:00.
+    sel = (day == 1) & (hour >= 12) & (hour < 22)
+    night = dev.gco2_per_kwh[22:30]  # hours 22..29 from the trace's start (a midnight)
+    np.testing.assert_allclose(r.x_true[sel, 4], night.mean())
+    on = (day == 1) & (hour >= 23)
+    np.testing.assert_array_equal(r.x_true[on, 4], dev.at_array(r.t_s[on]))
+    with pytest.raises(ValueError, match="device_intensity"):
+        build_replay(dev, srv, bw, cm, events_per_hour=1, device_intensity="solar")
