@@ -139,6 +139,8 @@ class BridgeReader:
         max_current_a) sent to the device at every connect; buffer_s: ring-buffer length."""
         if not 1 <= rate_hz <= 65535:
             raise ValueError(f"rate_hz must be in 1..65535, got {rate_hz}")
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         if serial_factory is None:
             import serial
 

@@ -216,3 +216,22 @@ def test_power_monitor_command_through_the_dispatcher(tmp_path):
     )
     assert proc.returncode == 2
     assert "cannot open serial port" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_protocol_version_mismatch_is_refused_with_both_versions():
+    from carboncp.firmware_bridge import protocol
+    from carboncp.firmware_bridge.firmware import bridge_wire as wire
+
+    def claim_v9(frame: bytes) -> bytes:
+        body = protocol.cobs_decode(frame[:-1])
+        if body and body[0] == wire.T_IDENTITY:  # rewrite the version, keep the CRC valid
+            payload = bytearray(body[1:-2])
+            payload[1] = 9
+            return protocol.encode_frame(wire.T_IDENTITY, bytes(payload))
+        return frame
+
+    with SimulatedDevice(tx_filter=claim_v9) as dev:
+        reader = BridgeReader(dev.path, timeout_s=0.3)
+        with pytest.raises(BridgeError, match=r"protocol v9, this host v1"):
+            reader.start()
+        assert not dev.monitor.streaming
