@@ -23,13 +23,14 @@ import numpy as np
 from carboncp.runtime import wire
 from carboncp.runtime.bundle import Bundle
 from carboncp.runtime.errors import ConfigError, OffloadError
-from carboncp.runtime.server import model_name
+from carboncp.runtime.server import PROBE_PATH, model_name
 from carboncp.runtime.shaping import LinkShaper
 
 CHUNK_BYTES = 16 * 1024
 SHAPED_CHUNK_BYTES = 2 * 1024  # finer steps on an emulated link, so early abandon can act
 MIN_EVIDENCE_S = 0.005  # do not extrapolate the rate from less than this much sending
 MAX_RESPONSE_HEADER = 64 * 1024
+PROBE_BYTES = 32 * 1024  # large enough to time on a fast link, small next to an inference
 
 
 class OffloadFailed(OffloadError):
@@ -273,21 +274,40 @@ class OffloadClient:
         params = head.get("parameters") or {}
         return y, params if isinstance(params, dict) else {}
 
-    def probe(self) -> tuple[float, float, int]:
-        """A small active probe: GET /v2/health/ready; returns (bandwidth_mbps or nan, rtt_ms, bytes).
+    def probe(self, nbytes: int = PROBE_BYTES, timeout_s: float = 2.0) -> tuple[float, float, int]:
+        """Active probe: POST nbytes to the server's probe route over the (shaped) link.
 
-        It measures the round trip only (too small to measure rate): bandwidth is NaN."""
+        Returns (bandwidth_mbps, rtt_ms, bytes sent and received); raises OSError on failure
+        (the estimator counts the probe's cost either way)."""
+        body = bytes(nbytes)
+        head = (
+            f"POST {PROBE_PATH} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Length: {nbytes}\r\nConnection: close\r\n"
+            + (f"Authorization: Bearer {self.token}\r\n" if self.token else "")
+            + "\r\n"
+        ).encode("latin-1")
+        payload = memoryview(head + body)
         t0 = time.monotonic()
-        with socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s) as s:
+        deadline = t0 + timeout_s
+        with socket.create_connection((self.host, self.port), timeout=timeout_s) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             rtt_ms = (time.monotonic() - t0) * 1000.0
-            req = f"GET /v2/health/ready HTTP/1.1\r\nHost: {self.host}\r\nConnection: close\r\n\r\n"
-            s.sendall(req.encode())
-            n = len(req)
-            while chunk := s.recv(4096):
-                n += len(chunk)
-        if self.shaper is not None:
-            rtt_ms += self.shaper.rtt_ms
-        return float("nan"), rtt_ms, n
+            if self.shaper is not None:
+                self.shaper.delay_rtt(deadline)
+                rtt_ms += self.shaper.rtt_ms
+            t_send = time.monotonic()
+            for i in range(0, len(payload), self.chunk_bytes):
+                chunk = payload[i : i + self.chunk_bytes]
+                if self.shaper is not None:
+                    self.shaper.pace(len(chunk), deadline)
+                sock.settimeout(max(1e-3, deadline - time.monotonic()))
+                sock.sendall(chunk)
+            status, _, answer = self._read_response(sock, deadline)
+        if status != 200:
+            raise ConnectionError(f"probe answered HTTP {status}")
+        total_ms = (time.monotonic() - t0) * 1000.0
+        transfer_s = max((time.monotonic() - t_send), (total_ms - rtt_ms) / 1000.0, 1e-6)
+        return 8.0 * nbytes / transfer_s / 1e6, rtt_ms, len(payload) + len(answer)
 
     def ready(self, timeout_s: float = 1.0) -> bool:
         """True when the server answers 200 on /v2/health/ready."""

@@ -30,6 +30,8 @@ from carboncp.runtime.bundle import Bundle
 _MODEL_RE = re.compile(
     r"^/v2/models/([A-Za-z0-9_.\-]{1,128})(?:/versions/[A-Za-z0-9_.\-]{1,32})?(/infer|/ready)?$"
 )
+PROBE_PATH = "/v2/carboncp/probe"  # not part of the v2 protocol: the device's bandwidth probe
+PROBE_MAX_BYTES = 256 * 1024
 TailFn = Callable[[int, np.ndarray], np.ndarray]
 
 
@@ -316,6 +318,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _post(self) -> None:
         svc = self.server.service
         path = self.path.split("?", 1)[0]
+        if path == PROBE_PATH:
+            return self._probe()
         m = _MODEL_RE.match(path)
         # Refusals before the body is read close the connection: the unread body must not be
         # taken for the next request.
@@ -359,6 +363,25 @@ class _Handler(BaseHTTPRequestHandler):
         if head_len is None:
             return self._send(200, out, "application/json")
         return self._send(200, out, "application/octet-stream", {wire.HEADER_LENGTH: str(head_len)})
+
+    def _probe(self) -> None:
+        """The device's active bandwidth probe: read up to PROBE_MAX_BYTES, answer the count."""
+        if not self._authorised():
+            self.close_connection = True
+            return None
+        try:
+            length = int(self.headers.get("Content-Length", "-1"))
+        except ValueError:
+            length = -1
+        if not 0 <= length <= PROBE_MAX_BYTES:
+            self.close_connection = True
+            self._error(
+                413 if length > PROBE_MAX_BYTES else 411,
+                f"probe bodies are 0..{PROBE_MAX_BYTES} bytes",
+            )
+            return self._drain(max(length, 0))
+        n = len(self.rfile.read(length))
+        return self._json(200, {"bytes": n})
 
 
 class EdgeHTTPServer(ThreadingHTTPServer):

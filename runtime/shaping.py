@@ -17,6 +17,7 @@ from collections.abc import Callable
 from carboncp.runtime.traces import BandwidthTrace
 
 _OUTAGE_POLL_S = 0.05
+_CONTINUE_S = 0.02  # a chunk within this of the previous one's end continues its transfer
 
 
 class LinkShaper:
@@ -42,9 +43,15 @@ class LinkShaper:
         self._clock = clock
         self._sleep = sleep
         self._t0 = clock()
+        self._free_at = float("-inf")
 
     def trace_time_s(self, now: float | None = None) -> float:
         return (self._clock() if now is None else now) - self._t0 + self.offset_s
+
+    def seek(self, t_s: float) -> None:
+        """Make the trace time now equal t_s (the demo steps every policy through the same
+        moments of the trace)."""
+        self.offset_s += t_s - self.trace_time_s()
 
     def bandwidth_mbps(self, now: float | None = None) -> float:
         """The emulated link's rate now (the true B of this moment, for the realised context)."""
@@ -53,28 +60,30 @@ class LinkShaper:
     def pace(self, nbytes: int, deadline: float | None = None) -> None:
         """Block while `nbytes` cross the emulated link; TimeoutError once `deadline` passes.
 
-        The rate is re-read every slice of at most 50 ms, so a chunk that spans a change in
-        the trace is carried at the rates of the moments it spans.
+        Chunks of one transfer are scheduled back to back on a virtual link clock (each ends
+        at the previous one's end + its bits / rate), and the sender sleeps until that end:
+        a sleep that overshoots is absorbed by the next chunk instead of slowing the link.
+        During an outage (rate 0) the send waits for the link to return, or the deadline.
         """
-        bits = 8.0 * nbytes
-        while bits > 0:
-            now = self._clock()
+        now = self._clock()
+        # A chunk that follows its predecessor closely continues the same transfer.
+        start = self._free_at if now - self._free_at < _CONTINUE_S else now
+        while True:
+            rate_bps = self.bandwidth_mbps(max(now, start)) * 1e6
+            if rate_bps > 0:
+                break
             if deadline is not None and now >= deadline:
-                raise TimeoutError("link shaping: deadline passed mid-transfer")
-            rate_bps = self.bandwidth_mbps(now) * 1e6
-            if rate_bps <= 0:  # outage: wait for the link to come back
-                self._sleep(
-                    _OUTAGE_POLL_S
-                    if deadline is None
-                    else max(0.0, min(_OUTAGE_POLL_S, deadline - now))
-                )
-                continue
-            step_s = min(bits / rate_bps, _OUTAGE_POLL_S)
-            if deadline is not None and now + step_s > deadline:
-                self._sleep(max(0.0, deadline - now))
-                raise TimeoutError("link shaping: deadline passed mid-transfer")
-            self._sleep(step_s)
-            bits -= step_s * rate_bps
+                raise TimeoutError("link shaping: deadline passed mid-transfer (outage)")
+            wait = _OUTAGE_POLL_S if deadline is None else min(_OUTAGE_POLL_S, deadline - now)
+            self._sleep(max(0.0, wait))
+            now = start = self._clock()
+        end = start + 8.0 * nbytes / rate_bps
+        if deadline is not None and end > deadline:
+            self._sleep(max(0.0, deadline - now))
+            raise TimeoutError("link shaping: deadline passed mid-transfer")
+        self._free_at = end
+        if end > now:
+            self._sleep(end - now)
 
     def delay_rtt(self, deadline: float | None = None) -> None:
         """Sleep the emulated round trip (once per request)."""
