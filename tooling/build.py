@@ -55,6 +55,13 @@ def _simulate(table: Any, cm: Any, rp: Any, idx: np.ndarray, alpha: float) -> di
     }
 
 
+def bandwidth_levels(alpha: float) -> tuple[float, ...]:
+    """Candidate levels of mode A's conformal bandwidth lower bound (chosen on held-out data):
+    α itself (the most pessimistic), 0.25, and 0.5 (the median residual: about the point
+    estimate, corrected for the EWMA's bias)."""
+    return tuple(sorted({round(alpha, 6), 0.25, 0.5}))
+
+
 def select_q(reports: dict[str, dict[str, float]], alpha: float) -> tuple[str, str]:
     """The §9 rule: among objectives whose mode-A SLO-violation rate on the held-out part of
     the training period is <= α + 0.01, the lower carbon; if neither, the fewer violations."""
@@ -133,20 +140,30 @@ def train_and_compile(
         t = build_table(
             q.q, cm, rp.x_seen[tr[:n_fit]], slo_ms=cm.slo, cell_budget=budget, seed=seed
         )
-        calibrate(
-            t,
-            rp.x_seen[val_cal],
-            rp.label[val_cal],
-            rp.costs.latency_ms[val_cal],
-            rp.tx_mbps[val_cal],
-            alpha,
-        )
-        reports[objective] = _simulate(t, cm, rp, val_eval, alpha) | {"train": q.report}
+        by_level = {}
+        for level in bandwidth_levels(alpha):
+            calibrate(
+                t,
+                rp.x_seen[val_cal],
+                rp.label[val_cal],
+                rp.costs.latency_ms[val_cal],
+                rp.tx_mbps[val_cal],
+                alpha,
+                bandwidth_alpha=level,
+            )
+            by_level[str(level)] = _simulate(t, cm, rp, val_eval, alpha)
+        level, _ = select_q(by_level, alpha)
+        reports[objective] = by_level[level] | {
+            "bandwidth_alpha": float(level),
+            "by_bandwidth_alpha": by_level,
+            "train": q.report,
+        }
         models[objective] = q
         r = reports[objective]
         _say(
             f"[build]   {objective}: held-out mode A carbon {r['carbon_g']:.4f} g, SLO violations "
-            f"{r['slo_violation_rate']:.3f}, coverage {r['coverage']:.3f}, mean set {r['mean_set_size']:.2f}",
+            f"{r['slo_violation_rate']:.3f}, coverage {r['coverage']:.3f}, mean set {r['mean_set_size']:.2f} "
+            f"(bandwidth bound level {r['bandwidth_alpha']})",
             progress,
         )
     best, why = select_q(reports, alpha)
@@ -161,7 +178,8 @@ def train_and_compile(
         seed=seed,
         progress=progress,
     )
-    calibrate_from_replay(table, rp, "cal", alpha)
+    bw_level = float(reports[best]["bandwidth_alpha"])
+    calibrate_from_replay(table, rp, "cal", alpha, bandwidth_alpha=bw_level)
     cal = table.meta["calibration"]
     _say(
         f"[build] calibrated on {cal['n_cal']} events: q̂ = {table.qhat:.4g}, coverage on cal {cal['coverage_on_cal']:.3f}",
@@ -169,6 +187,7 @@ def train_and_compile(
     )
     table.meta.update(
         q_objective=best,
+        bandwidth_alpha=bw_level,
         q_selection={"rule": why, "held_out": reports},
         build={
             "device_carbon": str(device_carbon),

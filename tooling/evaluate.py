@@ -268,7 +268,9 @@ def evaluate(
         )
     else:
         cal_rp = rp
-    calibrate_from_replay(table, cal_rp, "cal", alpha)
+    # Mode A's bandwidth level is a build-time choice (held-out selection); keep it.
+    bw_level = table.meta.get("bandwidth_alpha")
+    calibrate_from_replay(table, cal_rp, "cal", alpha, bandwidth_alpha=bw_level)
     te = split_indices(rp, "test")
     x_seen, labels, costs = rp.x_seen[te], rp.label[te], rp.costs
     _say(f"[evaluate] {len(te)} test events; q̂ = {table.qhat:.4g} at α = {alpha}", progress)
