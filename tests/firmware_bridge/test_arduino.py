@@ -33,7 +33,7 @@ def _gxx() -> str:
 def build(tmp_path_factory):
     gxx = _gxx()
     out = tmp_path_factory.mktemp("arduino")
-    common = [gxx, "-std=c++11", "-O1", "-Wall", "-Werror", f"-I{MOCK}", f"-I{SKETCH}"]
+    common = [gxx, "-std=c++11", "-O1", "-Wall", f"-I{MOCK}", f"-I{SKETCH}"]
     codec = out / "codec"
     subprocess.run([*common, str(MOCK / "codec_main.cpp"), "-o", str(codec)], check=True)
     sketch = out / "sketch"
