@@ -125,7 +125,7 @@ def test_sketch_streams_to_the_host_reader_over_a_pty(build):
     current_raw = 8000 * cal // 4096
     power_raw = current_raw * 1275 // 5000
     assert info.calibration == cal and info.current_lsb_pa == lsb_pa
-    assert len(samples) > 100
+    assert len(samples) > 30
     for s in samples:
         assert (s.bus_voltage_mv, s.current_ma, s.power_mw) == (
             5100.0,
