@@ -26,7 +26,7 @@ from carboncp.runtime.errors import ConfigError, OffloadError
 from carboncp.runtime.server import PROBE_PATH, model_name
 from carboncp.runtime.shaping import LinkShaper
 
-CHUNK_BYTES = 16 * 1024
+CHUNK_BYTES = 64 * 1024
 SHAPED_CHUNK_BYTES = 2 * 1024  # finer steps on an emulated link, so early abandon can act
 MIN_EVIDENCE_S = 0.005  # do not extrapolate the rate from less than this much sending
 MAX_RESPONSE_HEADER = 64 * 1024
