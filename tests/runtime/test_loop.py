@@ -180,3 +180,53 @@ def test_settings_from_toml_and_cli(tmp_path, tiny_bundle):
             load_settings(cfg)
     with pytest.raises(ConfigError, match="'bundle'"):
         load_settings(None, {})
+
+
+RUN_CHILD = """
+import sys
+for name in ("torch", "executorch", "litert_torch", "carboncp.tooling"):
+    sys.modules[name] = None  # as on a device without them: importing raises ImportError
+from carboncp.runtime.cli import main
+rc = main(sys.argv[1:])
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "executorch")
+                and sys.modules[m] is not None)
+print("TORCH_MODULES", loaded)
+sys.exit(rc)
+"""
+
+
+def test_carboncp_run_without_torch_and_config_errors(tiny_bundle, tmp_path):
+    import subprocess
+    import sys
+
+    log = tmp_path / "run.jsonl"
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    b = Bundle.load(tiny_bundle)
+    rng = np.random.default_rng(9)
+    for i in range(2):
+        np.save(imgs / f"{i}.npy", rng.integers(0, 256, b.input_shape[1:], dtype=np.uint8))
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'bundle = "{tiny_bundle}"\npolicy = "fixed:1"\ncount = 3\n')
+    args = ["run", "--config", str(cfg), "--server", f"http://127.0.0.1:{free_port()}",
+            "--input", str(imgs), "--log", str(log), "--quiet"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_CHILD, *args], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "TORCH_MODULES []" in proc.stdout
+    recs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(recs) == 3 and all(r["fallbacks"][0] == "unreachable" for r in recs)
+    assert "3 fell back" in proc.stdout
+    cfg.write_text(f'bundle = "{tiny_bundle}"\nmode = "Q"\n')
+    proc = subprocess.run([sys.executable, "-c", RUN_CHILD, "run", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2 and "'mode'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_example_config_is_valid(tiny_bundle):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "deploy" / "run.example.toml"
+    s = load_settings(example, {"bundle": str(tiny_bundle), "input": "random"})
+    assert s.power == "ina219:1:0x40" and s.mode == "A" and s.float16 is True
