@@ -145,3 +145,30 @@ def test_table_policy_in_the_loop(tiny_bundle_copy, tmp_path, broker, server, su
     assert policy.n_observed == len(recs)  # the realised contexts went back (ACI)
     assert any(r.offloaded for r in recs)  # this table offloads on a fast link with DE-LU > GB
     head.close()
+
+
+def test_carboncp_run_settings_with_broker_server_and_shaping(
+    tiny_bundle, broker, server, tmp_path
+):
+    """`carboncp run`'s assembly: MQTT carbon, the server, a shaped link (a shipped trace)."""
+    from carboncp.runtime.commands.run import assemble
+    from carboncp.runtime.settings import load_settings
+
+    with CarbonPublisher(broker.url) as pub:
+        now = time.time()
+        pub.publish("FR", 55.0, now)
+        pub.publish("PL", 700.0, now)
+    log = tmp_path / "run.jsonl"
+    s = load_settings(None, {
+        "bundle": str(tiny_bundle), "broker": broker.url, "server": server.url,
+        "device_zone": "PL", "server_zone": "FR", "policy": "server", "count": 4,
+        "shape_trace": "norway_bus_1", "shape_scale": 15.0, "log": str(log), "float16": True,
+    })  # fmt: skip
+    with assemble(s) as (loop, inputs, _):
+        loop.carbon.wait_connected(10)
+        assert loop.carbon.wait_for("PL", lambda r: r.gco2_per_kwh == 700.0, timeout=5)
+        recs = list(loop.run(inputs))
+    assert len(recs) == 4 and all(r.offloaded for r in recs)
+    assert all(r.seen["device_gco2_per_kwh"] == 700.0 for r in recs)
+    assert all(r.true_bandwidth_mbps is not None and r.true_bandwidth_mbps > 0 for r in recs)
+    assert len(log.read_text().splitlines()) == 4

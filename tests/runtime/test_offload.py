@@ -241,3 +241,24 @@ def test_pacing_always_finishes_on_a_real_trace():
         shaper.pace(2048, deadline=t0 + 0.3)
         # 2 KiB at >= 5.6 Mbit/s (the trace's minimum x 15) takes < 3 ms of emulated link
         assert now[0] - t0 < 0.003
+
+
+def test_probe_measures_the_shaped_link_and_needs_the_token(bundle):
+    svc = TailService(bundle, _Tail(bundle))
+    svc.ready = True
+    httpd = EdgeHTTPServer(("127.0.0.1", 0), svc, token="tok")
+    threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
+    try:
+        client = OffloadClient(httpd.url, bundle, token="tok", shaper=LinkShaper(_trace(2.0)))
+        bw, rtt, nbytes = client.probe()
+        assert 1.4 < bw < 2.2 and rtt >= 0 and nbytes > 32 * 1024
+        est = BandwidthEstimator(initial_mbps=50.0)
+        assert est.maybe_probe(client.probe, probe_after_s=1.0)
+        assert est.bandwidth_mbps < 50.0 and est.probe_cost.bytes == nbytes
+        with pytest.raises(OSError):
+            OffloadClient(httpd.url, bundle, token="wrong").probe()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
