@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,8 @@ def _resolve(spec: str) -> tuple[str, Callable[[], nn.Module]]:
             "as 'package.module:factory'"
         )
     mod_name, _, attr = target.partition(":")
+    if spec not in ZOO and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: the user's own modules import
     try:
         module = importlib.import_module(mod_name)
     except ImportError as exc:

@@ -170,7 +170,7 @@ class LiteRTRunner:
 class ExecuTorchRunner:
     """Runs `.pte` heads (device) or tails (edge server) with `executorch.runtime`."""
 
-    def __init__(self, bundle: Bundle, part: str = "head") -> None:
+    def __init__(self, bundle: Bundle, part: str = "head", num_threads: int | None = None) -> None:
         if part not in PARTS:
             raise ValueError(f"part must be one of {PARTS}, not {part!r}")
         self.bundle = bundle
@@ -188,6 +188,11 @@ class ExecuTorchRunner:
             ) from None
         self._torch = torch
         self._runtime = Runtime.get()
+        if num_threads is not None:
+            # XNNPACK's pool is process-wide in the pybindings: this sets it for every runner.
+            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+            _unsafe_reset_threadpool(int(num_threads))
         self._cache: dict[int, Any] = {}
         self._lock = threading.Lock()
         self._closed = False

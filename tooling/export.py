@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
@@ -141,10 +142,13 @@ def export_bundle(
     float16: bool = True,
     progress: bool = True,
     seed: int = 0,
+    workers: int = 1,
 ) -> Path:
     """Export `model_spec` ('resnet18', 'mobilenet_v2' or 'package.module:factory') to a bundle.
 
     Returns the bundle folder (default `models/<name>/` under the current directory).
+    `workers` > 1 exports artifacts in that many worker processes (each rebuilds the model
+    from a state_dict file the parent writes, so all see the same weights).
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     formats = tuple(dict.fromkeys(formats))
@@ -152,31 +156,18 @@ def export_bundle(
     if bad or not formats:
         raise ConfigError(f"--formats: {bad or 'empty'} not among {list(FORMATS)}")
     import torch
-    from carboncp.models.zoo import load_model
-    from carboncp.tooling.cuts import Normalize, find_cuts
 
-    loaded = load_model(model_spec, weights=weights, seed=seed)
+    loaded, cuts, image, acts = _build(model_spec, weights, seed)
     model = loaded.model
-    shape = tuple(int(s) for s in getattr(model, "input_shape", (1, 3, 224, 224)))
+    shape = tuple(image.shape)
     root = Path(out_dir) if out_dir is not None else Path("models") / loaded.name
     _prepare_out(root)
-
-    gen = torch.Generator().manual_seed(seed)
-    image = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
-    cuts = find_cuts(model, image.to(torch.float32) / 255.0)
+    gen = torch.Generator().manual_seed(seed + 2)
     P = cuts.last
-    n_art = P * len(formats) + P
-    prog = _Progress(n_art + 1, progress)
+    jobs = _plan(P, formats)
+    prog = _Progress(len(jobs) + 1, progress)
     prog.say(f"{loaded.name}: {P + 1} partitions ({', '.join(cuts.names)}) -> {root}")
-
-    # Activation shapes from the eager chain (also the reference for verification).
     full = cuts.full()
-    with torch.no_grad():
-        acts = [image]
-        x = Normalize(cuts.mean, cuts.std)(image)
-        for stage in cuts.stages:
-            x = stage(x)
-            acts.append(x)
     out_shape = tuple(acts[-1].shape)
 
     manifest: dict[str, Any] = {
@@ -225,23 +216,19 @@ def export_bundle(
         )
 
     with _quiet(progress):
-        for p in range(1, P + 1):
-            for fmt in formats:
-                rel = f"heads/p{p}.{fmt}"
-                with prog.step(f"head p={p} ({cuts.names[p]}) -> {rel}"):
-                    exporter = _export_pte if fmt == "pte" else _export_tflite
-                    exporter(cuts.head(p), image, root / rel)
-                register_file(manifest, root, rel)
-                manifest["partitions"][p]["head"][fmt] = rel
-        # Tails are always .pte: the edge server runs them with ExecuTorch (and they are what
-        # verifies every head format); `formats` chooses the head formats.
-        for p in range(P):
-            rel = f"tails/p{p}.pte"
-            example = image if p == 0 else acts[p].detach().clone()
-            with prog.step(f"tail p={p} ({cuts.names[p]}) -> {rel}"):
-                _export_pte(cuts.tail(p), example, root / rel)
-            register_file(manifest, root, rel)
+        _run_jobs(jobs, root, cuts, image, acts, prog, workers, (model_spec, model, seed))
+    for kind, p, fmt in jobs:
+        rel = f"{kind}s/p{p}.{fmt}"
+        if kind == "head":
+            manifest["partitions"][p]["head"][fmt] = rel
+        else:
             manifest["partitions"][p]["tail"]["pte"] = rel
+    if "pte" in formats:  # tail 0 (uint8 image -> output) is the same program as head P
+        shutil.copyfile(root / f"heads/p{P}.pte", root / "tails/p0.pte")
+        manifest["partitions"][0]["tail"]["pte"] = "tails/p0.pte"
+    for part in manifest["partitions"]:
+        for rel in (*part["head"].values(), *part["tail"].values()):
+            register_file(manifest, root, rel)
     save_manifest(root, manifest)
 
     with prog.step(f"verify {VERIFY_SAMPLES} random images per partition and format"):
@@ -256,6 +243,111 @@ def export_bundle(
         )
     prog.say(f"wrote {root / MANIFEST} in {time.perf_counter() - prog.t0:.0f} s")
     return root
+
+
+def _build(spec: str, weights: str | None, seed: int) -> tuple[Any, Any, Any, list[Any]]:
+    """Model, cuts, a seeded example image, and the eager activations a_0..a_P for it."""
+    import torch
+    from carboncp.models.zoo import load_model
+    from carboncp.tooling.cuts import Normalize, find_cuts
+
+    loaded = load_model(spec, weights=weights, seed=seed)
+    shape = tuple(int(s) for s in getattr(loaded.model, "input_shape", (1, 3, 224, 224)))
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
+    cuts = find_cuts(loaded.model, image.to(torch.float32) / 255.0)
+    with torch.no_grad():
+        acts = [image]
+        x = Normalize(cuts.mean, cuts.std)(image)
+        for stage in cuts.stages:
+            x = stage(x)
+            acts.append(x)
+    return loaded, cuts, image, acts
+
+
+Job = tuple[str, int, str]  # (kind "head"|"tail", p, format)
+
+
+def _plan(P: int, formats: Sequence[str]) -> list[Job]:
+    """Artifacts to export, largest first (better packing across workers). Tails are always
+    .pte: the edge server runs them with ExecuTorch and they verify every head format. Tail 0
+    is head P's program and is copied from it when .pte heads are exported."""
+    jobs: list[Job] = [("head", p, fmt) for p in range(P, 0, -1) for fmt in formats]
+    first_tail = 1 if "pte" in formats else 0
+    jobs += [("tail", p, "pte") for p in range(first_tail, P)]
+    return sorted(jobs, key=lambda j: -(j[1] if j[0] == "head" else P - j[1]))
+
+
+def _export_one(job: Job, root: Path, cuts: Any, image: Any, acts: list[Any]) -> None:
+    kind, p, fmt = job
+    path = root / f"{kind}s/p{p}.{fmt}"
+    if kind == "head":
+        (_export_pte if fmt == "pte" else _export_tflite)(cuts.head(p), image, path)
+    else:
+        example = image if p == 0 else acts[p].detach().clone()
+        _export_pte(cuts.tail(p), example, path)
+
+
+def _describe(job: Job, cuts: Any) -> str:
+    kind, p, fmt = job
+    return f"{kind} p={p} ({cuts.names[p]}) -> {kind}s/p{p}.{fmt}"
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(spec: str, state_path: str, seed: int) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _WORKER["built"] = _build(spec, state_path, seed)
+
+
+def _worker_job(job: Job, root: str) -> float:
+    t = time.perf_counter()
+    _loaded, cuts, image, acts = _WORKER["built"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        _export_one(job, Path(root), cuts, image, acts)
+    return time.perf_counter() - t
+
+
+def _run_jobs(
+    jobs: list[Job],
+    root: Path,
+    cuts: Any,
+    image: Any,
+    acts: list[Any],
+    prog: _Progress,
+    workers: int,
+    source: tuple[str, Any, int],
+) -> None:
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            with prog.step(_describe(job, cuts)):
+                _export_one(job, root, cuts, image, acts)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+
+    spec, model, seed = source
+    with tempfile.TemporaryDirectory(prefix="carboncp-export-") as tmp:
+        state = Path(tmp) / "state_dict.pt"
+        torch.save(model.state_dict(), state)  # workers load it with weights_only=True
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=mp.get_context("spawn"),  # fork after torch/OpenMP start is unsafe
+            initializer=_worker_init,
+            initargs=(spec, str(state), seed),
+        ) as pool:
+            futures = {pool.submit(_worker_job, job, str(root)): job for job in jobs}
+            try:
+                for fut in as_completed(futures):
+                    secs = fut.result()
+                    with prog.step(_describe(futures[fut], cuts) + f" [worker {secs:.1f} s]"):
+                        pass
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
 
 
 def _verify(

@@ -10,6 +10,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 HELP = "export a model's heads and tails (.pte, .tflite) as a verified bundle"
@@ -37,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip measuring the output error of float16 activations on the wire",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights and inputs")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="worker processes exporting artifacts in parallel (default: up to 2)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -52,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         float16=not args.no_float16,
         progress=not args.quiet,
         seed=args.seed,
+        workers=max(1, args.jobs),
     )
     print(root)
     sys.stdout.flush()

@@ -1,0 +1,211 @@
+"""Head latency per partition and format against torch eager, and the memory of a runtime
+process on the LiteRT path.
+
+    python -m bench.heads models/resnet18 [--repeat 30] [--threads 1] [--plot heads.png]
+
+For every partition p = 1..P it times the head as torch eager (the model the bundle was
+exported from, rebuilt from the manifest's factory and seed: latency does not depend on the
+weights), as ExecuTorch .pte and as LiteRT .tflite, interleaving the three in every round so
+that load from other processes hits them alike, and prints the medians and the ratio to
+eager. Then it starts a separate process that imports only carboncp.runtime (torch blocked),
+runs every LiteRT head, and reports its peak RSS (VmHWM from /proc/self/status, since
+ru_maxrss on Linux carries over the parent's peak across fork+exec; ru_maxrss elsewhere).
+Targets (issue 2): heads <= 0.6x torch eager; LiteRT runtime process <= 200 MB RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+
+RATIO_TARGET = 0.6
+RSS_TARGET_MB = 200.0
+
+RSS_CHILD = textwrap.dedent(
+    """
+    import resource, sys, json
+    for name in ("torch", "executorch", "carboncp.tooling"):
+        sys.modules[name] = None  # the device has neither
+    import numpy as np
+    from carboncp.runtime.bundle import Bundle
+    from carboncp.runtime.runners import LiteRTRunner
+    bundle = Bundle.load(sys.argv[1])
+    runner = LiteRTRunner(bundle, num_threads=int(sys.argv[2]))
+    x = np.random.default_rng(0).integers(0, 256, bundle.input_shape, dtype=np.uint8)
+    for p in range(1, bundle.last + 1):
+        for _ in range(3):
+            runner.run(p, x)
+    # ru_maxrss survives exec on Linux (a child of a big parent reports the parent's peak);
+    # VmHWM belongs to this process's own address space, so prefer it.
+    kb, how = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                kb, how = int(line.split()[1]), "VmHWM"
+    except OSError:
+        pass
+    print(json.dumps({"max_rss_mb": kb / 1024.0, "how": how, "backend": runner.backend}))
+    """
+)
+
+
+def _eager_heads(bundle, threads: int):
+    import torch
+    from carboncp.models.zoo import load_model
+    from carboncp.tooling.cuts import find_cuts
+
+    torch.set_num_threads(threads)
+    m = bundle.manifest["model"]
+    seed = int(m.get("weights", {}).get("seed", 0))
+    model = load_model(m["factory"], seed=seed).model
+    cuts = find_cuts(model, torch.rand(bundle.input_shape))
+    heads = {p: cuts.head(p) for p in range(1, bundle.last + 1)}
+
+    def run(p: int, x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return heads[p](torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def measure(bundle, repeat: int, warmup: int, threads: int) -> list[dict]:
+    from carboncp.runtime.runners import ExecuTorchRunner, LiteRTRunner
+
+    eager = _eager_heads(bundle, threads)
+    fns = {"eager": eager}
+    fmts = set(bundle.manifest.get("formats", {}).get("head", ["pte", "tflite"]))
+    if "pte" in fmts:
+        fns["pte"] = ExecuTorchRunner(bundle, part="head", num_threads=threads).run
+    if "tflite" in fmts:
+        fns["tflite"] = LiteRTRunner(bundle, num_threads=threads).run
+    x = np.random.default_rng(0).integers(0, 256, bundle.input_shape, dtype=np.uint8)
+    rows = []
+    for p in range(1, bundle.last + 1):
+        for f in fns.values():
+            for _ in range(warmup):
+                f(p, x)
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        names = list(fns)
+        for r in range(repeat):
+            for k in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
+                t = time.perf_counter()
+                fns[k](p, x)
+                times[k].append((time.perf_counter() - t) * 1e3)
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        row = {"p": p, "cut": bundle.partitions[p].cut, "eager_ms": med["eager"]}
+        for k in fns:
+            if k != "eager":
+                row[f"{k}_ms"] = med[k]
+                row[f"{k}_ratio"] = med[k] / med["eager"]
+        rows.append(row)
+        print(
+            f"  p={p} {row['cut']:<24} eager {med['eager']:8.2f} ms  "
+            + "  ".join(
+                f"{k} {med[k]:8.2f} ms ({med[k] / med['eager']:.2f}x)" for k in fns if k != "eager"
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
+    return rows
+
+
+def litert_rss(path: Path, threads: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", RSS_CHILD, str(path), str(threads)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"LiteRT RSS child failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def plot(rows: list[dict], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ps = np.array([r["p"] for r in rows])
+    keys = [k for k in ("eager", "pte", "tflite") if f"{k}_ms" in rows[0]]
+    w = 0.8 / len(keys)
+    for i, k in enumerate(keys):
+        ax.bar(ps + (i - (len(keys) - 1) / 2) * w, [r[f"{k}_ms"] for r in rows], w, label=k)
+    ax.set_xticks(ps, [f"{r['p']}\n{r['cut']}" for r in rows], fontsize=8)
+    ax.set_ylabel("median head latency (ms)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("--repeat", type=int, default=30, help="timed runs per head and format")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="threads for every backend (default 1)")
+    ap.add_argument("--json", type=Path, help="also write the figures as JSON")
+    ap.add_argument("--plot", type=Path, help="also write a PNG bar chart")
+    args = ap.parse_args(argv)
+
+    from carboncp.runtime.bundle import Bundle
+
+    bundle = Bundle.load(args.bundle)
+    print(
+        f"bench.heads: {bundle.model_name}, {args.repeat} runs per head, {args.threads} thread(s)",
+        file=sys.stderr,
+    )
+    rows = measure(bundle, args.repeat, args.warmup, args.threads)
+    rss = litert_rss(bundle.path, args.threads)
+
+    print(f"\n{bundle.model_name}: median head latency (ms), ratio to torch eager in the same run")
+    print(f"{'p':>2}  {'cut':<24} {'eager':>8} {'pte':>8} {'ratio':>6} {'tflite':>8} {'ratio':>6}")
+    for r in rows:
+        print(
+            f"{r['p']:>2}  {r['cut']:<24} {r['eager_ms']:8.2f} "
+            f"{r.get('pte_ms', float('nan')):8.2f} {r.get('pte_ratio', float('nan')):6.2f} "
+            f"{r.get('tflite_ms', float('nan')):8.2f} {r.get('tflite_ratio', float('nan')):6.2f}"
+        )
+    full = rows[-1]
+    verdicts = []
+    for k in ("pte", "tflite"):
+        if f"{k}_ratio" in full:
+            ok = full[f"{k}_ratio"] <= RATIO_TARGET
+            verdicts.append(
+                f"full model {k}: {full[f'{k}_ratio']:.2f}x eager (target <= {RATIO_TARGET}x) {'OK' if ok else 'MISSED'}"
+            )
+    ok = rss["max_rss_mb"] <= RSS_TARGET_MB
+    verdicts.append(
+        f"LiteRT runtime process ({rss['backend']}, all heads, no torch): peak RSS ({rss['how']}) "
+        f"{rss['max_rss_mb']:.0f} MB (target <= {RSS_TARGET_MB:.0f} MB) {'OK' if ok else 'MISSED'}"
+    )
+    print("\n" + "\n".join(verdicts))
+    result = {"model": bundle.model_name, "threads": args.threads, "repeat": args.repeat,
+              "heads": rows, "litert_process": rss}  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        plot(rows, args.plot, f"{bundle.model_name}: head latency, {args.threads} thread(s)")
+        print(f"plot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
