@@ -124,6 +124,7 @@ class OffloadClient:
             if self.shaper is not None:
                 self.shaper.delay_rtt(deadline)
                 rtt_ms += self.shaper.rtt_ms
+                self.shaper.begin()
             t_send = time.monotonic()
             total = len(payload)
             while sent < total:
@@ -295,6 +296,7 @@ class OffloadClient:
             if self.shaper is not None:
                 self.shaper.delay_rtt(deadline)
                 rtt_ms += self.shaper.rtt_ms
+                self.shaper.begin()
             t_send = time.monotonic()
             for i in range(0, len(payload), self.chunk_bytes):
                 chunk = payload[i : i + self.chunk_bytes]

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from carboncp.runtime.traces import BandwidthTrace
 
 _OUTAGE_POLL_S = 0.05
-_CONTINUE_S = 0.02  # a chunk within this of the previous one's end continues its transfer
+_CONTINUE_S = 0.005  # a chunk this close after the previous one's end continues its transfer
 
 
 class LinkShaper:
@@ -57,6 +57,10 @@ class LinkShaper:
         """The emulated link's rate now (the true B of this moment, for the realised context)."""
         return self.trace.at(self.trace_time_s(now)) * self.scale
 
+    def begin(self) -> None:
+        """A new transfer starts: the link has been idle, no earlier schedule carries over."""
+        self._free_at = float("-inf")
+
     def pace(self, nbytes: int, deadline: float | None = None) -> None:
         """Block while `nbytes` cross the emulated link; TimeoutError once `deadline` passes.
 
@@ -66,7 +70,8 @@ class LinkShaper:
         During an outage (rate 0) the send waits for the link to return, or the deadline.
         """
         now = self._clock()
-        # A chunk that follows its predecessor closely continues the same transfer.
+        # A chunk that follows its predecessor within a sleep's overshoot continues its
+        # transfer (the overshoot is made up); later, the link idled and starts afresh.
         start = self._free_at if now - self._free_at < _CONTINUE_S else now
         while True:
             rate_bps = self.bandwidth_mbps(max(now, start)) * 1e6

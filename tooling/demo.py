@@ -9,6 +9,8 @@
    through the broker and reach the device loop's CarbonSubscriber, which judges their age
    against the replay clock. The window is centred on the hour where the device's grid is
    cleanest relative to the server's, so the ranking of the two grids flips inside it.
+   The 155 s bandwidth trace is walked `bandwidth_passes` times (3) over the window (it loops,
+   as the trace loader defines), so that link dips meet different carbon conditions.
 4. At every step, the same input is run by each policy (CarbonCP mode A with the bundle's
    table; local-only; server-only) through the real runtime: LiteRT heads, the offload
    client, the server's ExecuTorch tails, with the offload link paced to a real bandwidth
@@ -51,6 +53,7 @@ class DemoConfig:
     bandwidth: str = "norway_bus_1"
     scale: float = 15.0
     steps: int = 144
+    bandwidth_passes: int = 3  # times the (looped) bandwidth trace is walked over the window
     hours: int = 48
     policies: tuple[str, ...] = ("A", "local", "server")
     seed: int = 0
@@ -240,12 +243,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     bw_tr = load_bandwidth_trace(shipped_bandwidth_path(cfg.bandwidth))
     t0 = choose_window(dev_tr, srv_tr, cfg.hours)
     dt_carbon = cfg.hours * HOUR_S / cfg.steps
-    dt_bw = bw_tr.duration_s / cfg.steps
+    dt_bw = cfg.bandwidth_passes * bw_tr.duration_s / cfg.steps
     say(
         f"[demo] emulating a Raspberry Pi 4 (rpi4 profile costs) on a WiFi-like link: "
         f"{cfg.bandwidth} x {cfg.scale:g} (a real 3G trace, scaled); carbon {cfg.device_zone} "
         f"(device) and {cfg.server_zone} (server), {cfg.hours} h from "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))} in {cfg.steps} steps",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))} in {cfg.steps} steps; the "
+        f"{bw_tr.duration_s:.0f} s link trace is walked {cfg.bandwidth_passes}x over the window",
         cfg,
     )
     broker = start_broker(0)
@@ -329,6 +333,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         broker.cleanup()
         head.close()
     summary = summarise(steps, cfg, cm, P)
+    for name, loop in loops.items():
+        pc = loop.estimator.probe_cost
+        summary["policies"][name]["probes"] = {
+            "count": pc.probes,
+            "bytes": pc.bytes,
+            "time_s": pc.time_s,
+            "energy_j": pc.energy_j,
+        }
     summary["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
     summary["window_start_utc"] = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(t0))
     summary["broker"] = broker.kind

@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--scale", type=float, default=15.0,
                         help="multiply the trace's rates by K (default 15: a WiFi-like link)")  # fmt: skip
+    parser.add_argument("--bandwidth-passes", type=int, default=3,
+                        help="times the looped bandwidth trace is walked over the window (default 3)")  # fmt: skip
     parser.add_argument("--device-zone", default="DE-LU", help="device grid zone (default DE-LU)")
     parser.add_argument("--server-zone", default="GB", help="server grid zone (default GB)")
     parser.add_argument(
@@ -62,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--hours must be in 1..1344 (the shipped slices are 8 weeks), got {args.hours}"
         )
+    if args.bandwidth_passes < 1:
+        raise ConfigError(f"--bandwidth-passes must be >= 1, got {args.bandwidth_passes}")
     if not args.scale > 0:
         raise ConfigError(f"--scale must be > 0, got {args.scale}")
     policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
@@ -72,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir=Path(args.out), bundle=Path(args.bundle), model=args.model, steps=args.steps,
         hours=args.hours, bandwidth=args.bandwidth, scale=args.scale,
         device_zone=args.device_zone, server_zone=args.server_zone, policies=policies,
-        rebuild=args.rebuild, seed=args.seed, progress=not args.quiet,
+        rebuild=args.rebuild, bandwidth_passes=args.bandwidth_passes, seed=args.seed, progress=not args.quiet,
     )  # fmt: skip
     run_demo(cfg)
     return 0
