@@ -229,6 +229,7 @@ def build_bundle(
     *,
     quick_profile: bool = False,
     wire_dtype: str = "float16",
+    reuse_profile: bool = False,
     **kw: Any,
 ) -> Path:
     """The whole pipeline; reuses a valid bundle of the same model at `out`."""
@@ -244,6 +245,43 @@ def build_bundle(
 
         _say(f"[build] exporting {model} to {out} ...", progress)
         export_bundle(model, out, progress=progress)
+    if reuse_profile and Bundle.load(out).section("profile") is not None:
+        _reuse_profile(out, objective, progress)
+    else:
+        _profile(out, device_profile, objective, quick_profile, wire_dtype, progress)
+    if Bundle.load(out).section("objective") is None:
+        raise BundleError(f"{out}: profiling wrote no 'objective' section")
+    train_and_compile(
+        out, device_carbon, server_carbon, bandwidth, alpha=alpha, progress=progress, **kw
+    )
+    _say(f"[build] done in {time.monotonic() - t0:.0f} s: {out}", progress)
+    return out
+
+
+def _reuse_profile(out: Path, objective: str | Path | None, progress: bool) -> None:
+    """Keep the bundle's measured profile (comparable scenarios on a shared, noisy host);
+    write the objective section when one is given."""
+    from dataclasses import replace
+
+    from carboncp.runtime.objective import load_objective
+    from carboncp.runtime.profile import load_profile
+    from carboncp.tooling.profile import write_sections
+
+    bundle = Bundle.load(out)
+    prof = load_profile(bundle)
+    _say(f"[build] reusing the bundle's profile (device {prof.device})", progress)
+    if objective is not None:
+        write_sections(bundle, prof, replace(load_objective(objective), radio=prof.radio))
+
+
+def _profile(
+    out: Path,
+    device_profile: str,
+    objective: str | Path | None,
+    quick_profile: bool,
+    wire_dtype: str,
+    progress: bool,
+) -> None:
     _say(f"[build] profiling ({device_profile}) ...", progress)
     from carboncp.tooling.profile import profile_bundle
 
@@ -258,10 +296,3 @@ def build_bundle(
     if objective is not None:
         pkw["objective"] = objective
     profile_bundle(out, **pkw)
-    if Bundle.load(out).section("objective") is None:
-        raise BundleError(f"{out}: profiling wrote no 'objective' section")
-    train_and_compile(
-        out, device_carbon, server_carbon, bandwidth, alpha=alpha, progress=progress, **kw
-    )
-    _say(f"[build] done in {time.monotonic() - t0:.0f} s: {out}", progress)
-    return out

@@ -74,3 +74,19 @@ def test_build_on_the_tiny_bundle(tiny_bundle_copy) -> None:
     )  # fmt: skip
     data = json.loads((res / "metrics.json").read_text())
     assert set(data["policies"]) == set(POLICIES) and data["n_test"] > 0
+
+
+def test_build_bundle_reuses_export_and_profile(tmp_path) -> None:
+    bw = scaled_bandwidth_file(tmp_path / "fast.txt", scale=10.0)
+    root = make_bundle(tmp_path / "b")
+    toml = tmp_path / "objective.toml"
+    toml.write_text('slo_ms = 250.0\ndeadline_rule = "slack"\nearly_abandon_ms = 40.0\n')
+    out = build_bundle(
+        model="resnet18-hand", out=root, objective=toml, reuse_profile=True, progress=False,
+        device_carbon=shipped_carbon_path("DE-LU"), server_carbon=shipped_carbon_path("GB"),
+        bandwidth=bw, days=7, max_epochs=3,
+    )  # fmt: skip
+    b = Bundle.load(out)
+    assert b.section("objective")["slo_ms"] == 250.0
+    assert b.section("objective")["early_abandon_ms"] == 40.0
+    assert Table.from_bundle(b).slo_ms == 250.0

@@ -56,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--days", type=float, default=None, help="use only the first DAYS of the traces"
     )
+    parser.add_argument(
+        "--reuse-profile",
+        action="store_true",
+        help="keep the bundle's existing profile (no re-measuring); --objective still applies",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
@@ -78,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         events_per_hour=args.events_per_hour,
         days=args.days,
         seed=args.seed,
+        reuse_profile=args.reuse_profile,
     )
     print(out)
     return 0
