@@ -281,8 +281,9 @@ def make_shaper(trace: str, scale: float, rtt_ms: float = 0.0) -> Any:
     return LinkShaper(load_bandwidth_trace(path), scale=scale, rtt_ms=rtt_ms)
 
 
-def open_carbon(settings: Any) -> Any:
+def open_carbon(settings: Any, connect_wait_s: float = 5.0) -> Any:
     """A started CarbonSubscriber for the device's and the server's zones."""
+    from carboncp.runtime.errors import ConfigError, SignalError
     from carboncp.runtime.mqtt import CarbonSubscriber
 
     sub = CarbonSubscriber(
@@ -296,4 +297,14 @@ def open_carbon(settings: Any) -> Any:
         tls_ca=settings.tls_ca,
     )
     sub.start()
+    try:  # a refused login is a configuration error; an unreachable broker is not fatal
+        sub.wait_connected(connect_wait_s)
+    except SignalError as exc:
+        print(
+            f"carboncp run: warning: {exc}; carbon uses the fallback until it connects",
+            file=sys.stderr,
+        )
+    except ConfigError:
+        sub.stop()
+        raise
     return sub

@@ -172,3 +172,44 @@ def test_carboncp_run_settings_with_broker_server_and_shaping(
     assert all(r.seen["device_gco2_per_kwh"] == 700.0 for r in recs)
     assert all(r.true_bandwidth_mbps is not None and r.true_bandwidth_mbps > 0 for r in recs)
     assert len(log.read_text().splitlines()) == 4
+
+
+def test_carboncp_run_broker_auth_refused_and_broker_down(tiny_bundle, tmp_path, capsys):
+    from carboncp.runtime.cli import main
+
+    from tests.support.edge_server import free_port
+    from tests.support.mosquitto import write_auth
+
+    acl = "user device\ntopic read carboncp/carbon/#\ntopic readwrite carboncp/device/#\n"
+    auth = start_mosquitto(write_auth(tmp_path / "auth", {"device": "s3cret"}, acl))
+    try:
+        common = [
+            "run",
+            "--bundle",
+            str(tiny_bundle),
+            "--policy",
+            "local",
+            "--count",
+            "2",
+            "--quiet",
+        ]
+        cfg = tmp_path / "run.toml"
+        cfg.write_text(
+            'broker_username = "device"\nbroker_password = "wrong"\ndevice_id = "device"\n'
+        )
+        assert main([*common, "--config", str(cfg), "--broker", auth.url]) == 2
+        assert "not authorised" in capsys.readouterr().err
+        cfg.write_text(
+            'broker_username = "device"\nbroker_password = "s3cret"\ndevice_id = "device"\n'
+        )
+        assert main([*common, "--config", str(cfg), "--broker", auth.url]) == 0
+    finally:
+        auth.cleanup()
+    # no broker at all: a warning, the fallback intensity, and every input still answered
+    log = tmp_path / "down.jsonl"
+    rc = main([*common, "--broker", f"mqtt://127.0.0.1:{free_port()}", "--log", str(log)])
+    assert rc == 0 and "warning" in capsys.readouterr().err
+    recs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(recs) == 2
+    assert all(r["seen"]["device_gco2_per_kwh"] == 400.0 for r in recs)  # the documented fallback
+    assert all(r["carbon_state"]["DE-LU"] == "fallback" for r in recs)
