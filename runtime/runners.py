@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -101,14 +102,25 @@ def _import_interpreter() -> tuple[Any, str]:
 
 
 class LiteRTRunner:
-    """Runs `.tflite` heads; `backend` says which interpreter package is in use."""
+    """Runs `.tflite` heads; `backend` says which interpreter package is in use.
 
-    def __init__(self, bundle: Bundle, num_threads: int | None = None) -> None:
+    Every loaded head holds its mapped model file plus XNNPACK's packed copy of the weights
+    (ResNet-18's full head: ~150 MB of RSS; all six heads: ~335 MB). `max_loaded` keeps at
+    most that many heads loaded, evicting the least recently used; reloading one costs a
+    model load and weight packing (tens of ms), so use 1 or 2 on memory-tight devices.
+    """
+
+    def __init__(
+        self, bundle: Bundle, num_threads: int | None = None, max_loaded: int | None = None
+    ) -> None:
+        if max_loaded is not None and max_loaded < 1:
+            raise ValueError(f"max_loaded must be >= 1 or None, not {max_loaded}")
         self.bundle = bundle
         self.part = "head"
         self.num_threads = num_threads
+        self.max_loaded = max_loaded
         self._interpreter_cls, self.backend = _import_interpreter()
-        self._cache: dict[int, tuple[Any, int, int]] = {}
+        self._cache: OrderedDict[int, tuple[Any, int, int]] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -138,8 +150,17 @@ class LiteRTRunner:
                         f"{path}: model input is {np.dtype(ins[0]['dtype'])} "
                         f"{list(ins[0]['shape'])} but the manifest says {dtype} {list(shape)}"
                     )
+                if self.max_loaded is not None:
+                    while len(self._cache) >= self.max_loaded:
+                        self._cache.popitem(last=False)  # least recently used
                 self._cache[p] = (interp, ins[0]["index"], outs[0]["index"])
+            self._cache.move_to_end(p)
             return self._cache[p]
+
+    @property
+    def loaded(self) -> list[int]:
+        """Partitions whose head is loaded, least recently used first."""
+        return list(self._cache)
 
     def run(self, p: int, x: np.ndarray) -> np.ndarray:
         interp, i_in, i_out = self._load(p)
@@ -163,7 +184,7 @@ class LiteRTRunner:
     def __repr__(self) -> str:
         return (
             f"LiteRTRunner({self.bundle.path}, backend={self.backend}, "
-            f"loaded={sorted(self._cache)}, closed={self._closed})"
+            f"loaded={list(self._cache)}, closed={self._closed})"
         )
 
 

@@ -87,3 +87,17 @@ def test_make_runner_litert_and_closed_runner(bundle):
         make_runner(bundle, "onnx")
     with pytest.raises(ValueError, match="heads only"):
         make_runner(bundle, "litert", part="tail")
+
+
+def test_max_loaded_evicts_least_recently_used(bundle, runner):
+    (x,) = _images(bundle, 1, seed=3)
+    small = LiteRTRunner(bundle, max_loaded=2)
+    P = bundle.last
+    order = [1, 2, 1, P, 2, P, 1]
+    for p in order:
+        np.testing.assert_array_equal(small.run(p, x), runner.run(p, x))
+        assert len(small.loaded) <= 2 and small.loaded[-1] == p
+    assert small.loaded == [P, 1]
+    small.close()
+    with pytest.raises(ValueError, match="max_loaded"):
+        LiteRTRunner(bundle, max_loaded=0)
