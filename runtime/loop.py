@@ -223,11 +223,13 @@ class DeviceLoop:
         t_start = clock()
         t_start_mono = time.monotonic()
         wall = time.time()
+        probe_ms = None
         if self.client is not None and self.cfg.probe_after_s is not None:
             p_idle = self.cfg.p_idle_mw or getattr(
                 getattr(self.cost_model, "profile", None), "p_idle_mw", 0.0
             )
-            self.estimator.maybe_probe(self.client.probe, self.cfg.probe_after_s, p_idle)
+            if self.estimator.maybe_probe(self.client.probe, self.cfg.probe_after_s, p_idle):
+                probe_ms = (clock() - t_start) * 1000.0
         seen, carbon_state = self.read_context()
         try:
             decision = self.policy.decide(seen)
@@ -239,13 +241,24 @@ class DeviceLoop:
             )
         p = decision.partition
         t_decided = clock()
-        phases = {"context_decide": (t_decided - t_start) * 1000.0}
+        phases = {"context_decide": (t_decided - t_start) * 1000.0 - (probe_ms or 0.0)}
+        if probe_ms is not None:
+            phases["probe"] = probe_ms  # its bytes/time/energy: estimator.probe_cost
         fallbacks: list[str] = []
         wasted_s = 0.0
         result: OffloadResult | None = None
         true_bw = self.true_bandwidth() if self.true_bandwidth is not None else None
 
-        a = x if p == 0 else self.head.run(p, x)
+        try:
+            a = x if p == 0 else self.head.run(p, x)
+        except Exception as exc:
+            if p == self.P:
+                raise  # nothing left to fall back to: the caller sees the runner's error
+            fallbacks.append(f"head_error:{type(exc).__name__}")
+            p = self.P
+            decision = Decision(p, decision.candidates, decision.mode, decision.cell,
+                                (*decision.flags, "head_error"))  # fmt: skip
+            a = self.head.run(p, x)
         t_head = clock()
         phases["head"] = (t_head - t_decided) * 1000.0
         output: np.ndarray

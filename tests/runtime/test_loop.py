@@ -230,3 +230,18 @@ def test_example_config_is_valid(tiny_bundle):
     example = Path(__file__).resolve().parents[2] / "deploy" / "run.example.toml"
     s = load_settings(example, {"bundle": str(tiny_bundle), "input": "random"})
     assert s.power == "ina219:1:0x40" and s.mode == "A" and s.float16 is True
+
+
+def test_a_failing_head_falls_back_to_the_full_model(bundle, head):
+    class Flaky:
+        def run(self, p, x):
+            if p == 1:
+                raise RuntimeError("interpreter fault")
+            return head.run(p, x)
+
+    loop = _loop(bundle, Flaky(), FixedPolicy(1, "fixed"))
+    x = _images(bundle, 1, seed=4)[0]
+    r = loop.infer(x)
+    assert r.partition == bundle.last and r.fallbacks == ["head_error:RuntimeError"]
+    assert "head_error" in r.decision_flags
+    assert np.abs(r.output - head.run(bundle.last, x)).max() <= 1e-5
