@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from carboncp.runtime.bundle import Bundle
 from carboncp.runtime.conformal import check_alpha
-from carboncp.runtime.errors import BundleError, CarbonCPError
+from carboncp.runtime.errors import BundleError, CarbonCPError, ConfigError
 from carboncp.runtime.traces import shipped_bandwidth_path, shipped_carbon_path
 
 DEFAULT_DEVICE_ZONE = "DE-LU"
@@ -87,6 +87,7 @@ def train_and_compile(
     seed: int = 0,
     cell_budget: int | None = None,
     max_epochs: int = 60,
+    q_objective: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Replay, train both Q_θ objectives, keep the better, compile + calibrate the table."""
@@ -167,6 +168,10 @@ def train_and_compile(
             progress,
         )
     best, why = select_q(reports, alpha)
+    if q_objective != "auto":
+        if q_objective not in reports:
+            raise ConfigError(f"q_objective={q_objective!r} is not 'auto', 'ce' or 'regression'")
+        best, why = q_objective, f"forced by --q-objective (the held-out rule chose {best}: {why})"
     _say(f"[build] keeping Q_θ[{best}]: {why}", progress)
     _say("[build] compiling the threshold table ...", progress)
     table = build_table(

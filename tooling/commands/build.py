@@ -61,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep the bundle's existing profile (no re-measuring); --objective still applies",
     )
+    parser.add_argument(
+        "--q-objective",
+        choices=("auto", "ce", "regression"),
+        default="auto",
+        help="keep this Q_θ objective (default auto: the better on held-out carbon and SLO)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
@@ -84,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         days=args.days,
         seed=args.seed,
         reuse_profile=args.reuse_profile,
+        q_objective=args.q_objective,
     )
     print(out)
     return 0
