@@ -131,6 +131,9 @@ class LiteRTRunner:
             if p not in self._cache:
                 rel = _artifact(self.bundle, p, "head", "tflite")
                 path = str(self.bundle.file(rel))
+                if self.max_loaded is not None:  # evict first: peak memory = max_loaded heads
+                    while len(self._cache) >= self.max_loaded:
+                        self._cache.popitem(last=False)  # least recently used
                 try:
                     interp = self._interpreter_cls(model_path=path, num_threads=self.num_threads)
                     interp.allocate_tensors()
@@ -150,9 +153,6 @@ class LiteRTRunner:
                         f"{path}: model input is {np.dtype(ins[0]['dtype'])} "
                         f"{list(ins[0]['shape'])} but the manifest says {dtype} {list(shape)}"
                     )
-                if self.max_loaded is not None:
-                    while len(self._cache) >= self.max_loaded:
-                        self._cache.popitem(last=False)  # least recently used
                 self._cache[p] = (interp, ins[0]["index"], outs[0]["index"])
             self._cache.move_to_end(p)
             return self._cache[p]
