@@ -313,12 +313,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                 row[name] = rec
             row["true_mbps"] = bw_tr.at(k * dt_bw) * cfg.scale
             steps.append(row)
-            if cfg.progress and (k % 12 == 0 or k == cfg.steps - 1):
-                a = row.get(cfg.policies[0])
+            a = row[cfg.policies[0]]
+            changed = k > 0 and a.partition != steps[-2][cfg.policies[0]].partition
+            if cfg.progress and (changed or k % 24 == 0 or k == cfg.steps - 1):
                 say(
                     f"[demo] step {k + 1}/{cfg.steps}: {time.strftime('%a %H:%M', time.gmtime(clock.t_s))} "
                     f"I_d={a.seen['device_gco2_per_kwh']:.0f} I_s={a.seen['server_gco2_per_kwh']:.0f} g/kWh, "
-                    f"link {row['true_mbps']:.0f} Mbit/s -> {cfg.policies[0]} chose p={a.partition} "
+                    f"link {row['true_mbps']:.0f} Mbit/s (estimate {a.seen['bandwidth_mbps']:.0f}) -> "
+                    f"{cfg.policies[0]} {'CHANGED to' if changed else 'chose'} p={a.partition} "
                     f"(set {a.candidates}){' FALLBACK' if a.fallbacks else ''}",
                     cfg,
                 )
