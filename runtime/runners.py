@@ -266,12 +266,16 @@ class ExecuTorchRunner:
 BACKENDS = ("litert", "executorch")
 
 
-def make_runner(bundle: Bundle, backend: str = "litert", part: str = "head") -> Runner:
-    """A runner for `backend` ("litert" for .tflite heads, "executorch" for .pte heads/tails)."""
+def make_runner(
+    bundle: Bundle, backend: str = "litert", part: str = "head", **options: Any
+) -> Runner:
+    """A runner for `backend` ("litert" for .tflite heads, "executorch" for .pte heads/tails).
+
+    `options` go to the runner (num_threads; max_loaded for LiteRT)."""
     if backend == "litert":
         if part != "head":
             raise ValueError("the LiteRT runner runs heads only; tails are .pte (executorch)")
-        return LiteRTRunner(bundle)
+        return LiteRTRunner(bundle, **options)
     if backend == "executorch":
-        return ExecuTorchRunner(bundle, part=part)
+        return ExecuTorchRunner(bundle, part=part, **options)
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")

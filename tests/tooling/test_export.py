@@ -82,3 +82,15 @@ def test_export_with_weights_file_and_tflite_heads_only(tmp_path):
     with torch.no_grad():
         ref = model((torch.from_numpy(x).float() / 255 - mean) / std).numpy()
     np.testing.assert_allclose(LiteRTRunner(b).run(b.last, x), ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_parallel_export_writes_the_same_bytes(tiny_bundle, tmp_path):
+    """Worker processes (the CLI default) rebuild the model from the parent's state_dict: the
+    artifacts are byte-identical to the serial export's."""
+    root = export_bundle(SPEC, tmp_path / "par", progress=False, workers=2)
+    serial = Bundle.load(tiny_bundle).manifest["files"]
+    parallel = Bundle.load(root).manifest["files"]
+    assert {k: v["sha256"] for k, v in parallel.items()} == {
+        k: v["sha256"] for k, v in serial.items()
+    }
