@@ -104,6 +104,7 @@ class ACI:
         self.scores = [float(x) for x in sorted(sorted_scores)]
         self.n_updates = 0
         self.n_errors = 0
+        self._thr: float | None = None
 
     def update(self, err: bool | int | float) -> None:
         e = 1.0 if err else 0.0
@@ -111,8 +112,14 @@ class ACI:
         self.n_errors += int(e)
         a = self.alpha_t + self.gamma * (self.alpha - e)
         self.alpha_t = min(max(a, -self.gamma), 1.0 + self.gamma)
+        self._thr = None
 
     def threshold(self) -> float:
+        if self._thr is None:  # α_t only changes in update(): cache the lookup
+            self._thr = self._threshold()
+        return self._thr
+
+    def _threshold(self) -> float:
         a = self.alpha_t
         if a >= 1.0:
             return 0.0

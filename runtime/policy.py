@@ -147,14 +147,25 @@ class TablePolicy:
         else:
             b_low = row[0] * self.bw_factor
             lat, j = self.cost.row((b_low, *row[1:]), b_low)
-            slo = self.slo
-            # Lowest live J among partitions meeting the SLO at the pessimistic bandwidth
-            # (the fastest when none does); ties go to the lowest score (mode M).
-            if slo is None:
-                p = min(kept, key=lambda k: (j[k], s[k]))
-            else:
-                p = min(kept, key=lambda k: (0, j[k], s[k]) if lat[k] <= slo else (1, lat[k], s[k]))
+            p = self._pick_a(kept, lat, j, s)
         return Decision(p, tuple(cand), self.mode, cell, flags)
+
+    def _pick_a(self, kept: list[int], lat: list[float], j: list[float], s: list[float]) -> int:
+        """Lowest live J among partitions meeting the SLO at the pessimistic bandwidth (the
+        fastest when none does); ties go to the lowest score (mode M). Plain loops: this is
+        the per-decision path."""
+        slo = self.slo
+        feas = kept if slo is None else [k for k in kept if lat[k] <= slo]
+        cost = j
+        if not feas:
+            feas, cost = kept, lat
+        p = feas[0]
+        bc, bs = cost[p], s[p]
+        for k in feas[1:]:
+            c = cost[k]
+            if c < bc or (c == bc and s[k] < bs):
+                p, bc, bs = k, c, s[k]
+        return p
 
     def observe(self, decision: Decision, seen: Context, realised: Context) -> None:
         """Oracle under the realised context; err = oracle not in the set; update ACI/WCP."""

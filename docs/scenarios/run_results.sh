@@ -33,3 +33,13 @@ ev shift_link models/resnet18-5g-ea $FY --bandwidth $S/bandwidth/ucc5g_driving_l
   --calibrate-bandwidth $S/bandwidth/ucc5g_static_part1
 ev shift_link_fixed models/resnet18-5g $FY --bandwidth $S/bandwidth/ucc5g_driving_lte_5g \
   --calibrate-bandwidth $S/bandwidth/ucc5g_static_part1
+ev fast_ea_ce models/resnet18-5g-ea-ce $FY --bandwidth $S/bandwidth/ucc5g_static_part1
+ev fast_abandon models/resnet18-5g-ab $FY --bandwidth $S/bandwidth/ucc5g_static_part1
+for a in 0.05 0.2; do
+  ev fast_abandon_alpha$a models/resnet18-5g-ab $FY --bandwidth $S/bandwidth/ucc5g_static_part1 --alpha $a
+done
+ev abandon_shift_zone_us models/resnet18-5g-ab --device-carbon $S/carbon/US-CAL-CISO_2023_hourly.csv \
+  --server-carbon $S/carbon/GB_2023_hourly.csv --events-per-hour 4 --bandwidth $S/bandwidth/ucc5g_static_part1 \
+  --calibrate-device-carbon $S/carbon/DE-LU_2023_hourly.csv
+ev abandon_shift_link models/resnet18-5g-ab $FY --bandwidth $S/bandwidth/ucc5g_driving_lte_5g \
+  --calibrate-bandwidth $S/bandwidth/ucc5g_static_part1
