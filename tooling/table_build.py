@@ -111,8 +111,11 @@ def choose_edges(
             bins.append(1)
             why[name] = "no decision flips along it: 1 bin"
         else:
-            bins.append(MAX_BINS[f])
-            why[name] = f"{loc.size} decision flips"
+            # No more bins than distinct flip locations + 1: a feature along which the
+            # decision flips at two places needs three bins, not ten.
+            distinct = int(np.unique(np.round(loc, 6)).size)
+            bins.append(min(MAX_BINS[f], distinct + 1))
+            why[name] = f"{loc.size} decision flips at {distinct} distinct values"
     while math.prod(bins) > cell_budget:  # trim evenly relative to each feature's maximum
         f = max((i for i in range(len(bins)) if bins[i] > 1), key=lambda i: bins[i] / MAX_BINS[i])
         bins[f] -= 1
