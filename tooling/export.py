@@ -104,7 +104,8 @@ def _export_tflite(module: Any, example: Any, path: Path) -> None:
 _OURS = {MANIFEST, "heads", "tails"}
 
 
-def _prepare_out(out_dir: Path) -> None:
+def _check_out(out_dir: Path) -> None:
+    """Fail early (before minutes of export) on an --out that cannot become a bundle."""
     if out_dir.is_dir():
         try:
             entries = {e.name for e in out_dir.iterdir()}
@@ -118,6 +119,19 @@ def _prepare_out(out_dir: Path) -> None:
             )
     elif out_dir.exists():
         raise ConfigError(f"--out {out_dir}: exists and is not a folder")
+    else:
+        parent = out_dir.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"--out {out_dir}: cannot create it ({parent} is not a writable folder); "
+                "choose a writable folder"
+            )
+
+
+def _prepare_out(out_dir: Path) -> None:
+    _check_out(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for sub in ("heads", "tails"):
@@ -157,6 +171,8 @@ def export_bundle(
         raise ConfigError(f"--formats: {bad or 'empty'} not among {list(FORMATS)}")
     import torch
 
+    if out_dir is not None:
+        _check_out(Path(out_dir))
     loaded, cuts, image, acts = _build(model_spec, weights, seed)
     model = loaded.model
     shape = tuple(image.shape)
