@@ -1,6 +1,13 @@
 """Export a model as a CarbonCP bundle: every head as ExecuTorch .pte (XNNPACK) and TFLite, every
 tail as .pte, each verified against the full model, plus a manifest (docs/BUNDLE.md).
 
+Your own model (--model package.module:factory, importable from the current folder): the
+factory returns an nn.Module taking one normalised float NCHW image. Optional attributes:
+input_shape (default (1, 3, 224, 224)), input_mean / input_std (default ImageNet's), and
+cut_stages() -> [(name, module), ...] to name the cut points yourself; without it they are found
+on the torch.export graph where exactly one tensor is live (never inside a residual block).
+The device sends uint8 images; normalisation runs inside the heads and the p = 0 tail.
+
 Examples:
   carboncp export --model resnet18                      # -> models/resnet18/
   carboncp export --model mobilenet_v2 --weights mobilenet_v2.pth --out bundles/mnv2
