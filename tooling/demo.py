@@ -394,6 +394,24 @@ def summarise(steps: list[dict[str, Any]], cfg: DemoConfig, cm: Any, P: int) -> 
         }
         if name == "local":
             local_carbon = float(carbon.sum() * 1000.0)
+    # Where the cost model's choice flips from local to offloading, at the window's carbon extremes
+    seen = [s[cfg.policies[0]].seen for s in steps]
+    ratio = np.array([c["server_gco2_per_kwh"] / max(c["device_gco2_per_kwh"], 1.0) for c in seen])
+    grid = np.round(np.arange(0.5, 100.0, 0.25), 2)
+    res["offload_threshold_mbps"] = {}
+    for label, i in (
+        ("server_cleanest", int(np.argmin(ratio))),
+        ("server_dirtiest", int(np.argmax(ratio))),
+    ):
+        base = [seen[i][f] for f in _FIELDS]
+        x = np.array([[b, *base[1:]] for b in grid], dtype=np.float64)
+        x[:, 1], x[:, 2], x[:, 3], x[:, 6] = 5.0, 0.0, 0.0, 100.0
+        off = np.flatnonzero(cm.oracle(cm.evaluate(x)) != P)
+        res["offload_threshold_mbps"][label] = {
+            "mbps": float(grid[off[0]]) if len(off) else None,
+            "device_gco2_per_kwh": base[4],
+            "server_gco2_per_kwh": base[5],
+        }
     for v in res["policies"].values():
         v["carbon_vs_local"] = v["carbon_mg"] / local_carbon if local_carbon else math.nan
     return res
@@ -423,6 +441,18 @@ def print_summary(summary: dict[str, Any], cfg: DemoConfig) -> None:
             f"{v['slo_violation_share'] * 100:>7.1f}% {v['battery_pct_used']:>9.4f} "
             f"{v['offloaded_share'] * 100:>6.0f}% {v['fallbacks']:>6d} {v['decision_changes']:>7d} "
             f"{v['oracle_in_set_share'] * 100:>7.1f}% {v['mean_set_size']:>4.1f}"
+        )
+    th = summary.get("offload_threshold_mbps", {})
+    if th:
+        parts = [
+            f"{'none' if v['mbps'] is None else format(v['mbps'], 'g') + ' Mbit/s'} when I_d={v['device_gco2_per_kwh']:.0f}, "
+            f"I_s={v['server_gco2_per_kwh']:.0f}"
+            for v in th.values()
+        ]
+        print(
+            "cost model: offloading beats local execution above "
+            + " / ".join(parts)
+            + " (carbon moves this threshold; the link crosses it)"
         )
     print(
         "carbon/latency/battery: the rpi4 profile's cost of each inference on its realised "
