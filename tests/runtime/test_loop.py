@@ -245,3 +245,29 @@ def test_a_failing_head_falls_back_to_the_full_model(bundle, head):
     assert r.partition == bundle.last and r.fallbacks == ["head_error:RuntimeError"]
     assert "head_error" in r.decision_flags
     assert np.abs(r.output - head.run(bundle.last, x)).max() <= 1e-5
+
+
+def test_image_inputs_npy_shapes_and_png_without_pillow(tmp_path, tiny_bundle, monkeypatch):
+    import sys
+
+    from carboncp.runtime.commands.run import iter_inputs
+
+    b = Bundle.load(tiny_bundle)
+    shape = b.input_shape
+    rng = np.random.default_rng(1)
+    chw = rng.integers(0, 256, shape[1:], dtype=np.uint8)
+    np.save(tmp_path / "a.npy", chw)  # CHW gets its batch axis
+    np.save(tmp_path / "b.npy", chw[None])
+    got = list(iter_inputs(str(tmp_path), 3, shape))
+    assert [g.shape for g in got] == [shape] * 3 and np.array_equal(got[0], chw[None])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    np.save(bad / "f.npy", chw.astype(np.float32))
+    with pytest.raises(ConfigError, match="uint8"):
+        list(iter_inputs(str(bad), 1, shape))
+    png = tmp_path / "png"
+    png.mkdir()
+    (png / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    monkeypatch.setitem(sys.modules, "PIL", None)  # as if Pillow were not installed
+    with pytest.raises(ConfigError, match="Pillow"):
+        list(iter_inputs(str(png), 1, shape))
