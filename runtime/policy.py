@@ -74,6 +74,7 @@ class TablePolicy:
             self._window: deque[tuple[float, ...]] = deque(maxlen=window)
         self.slo = getattr(cost_model, "slo", table.slo_ms)
         self.refit_every = refit_every
+        self._decisions: dict[tuple, Decision] = {}
         self._since_refit = 0
         self.n_decisions = 0
         self.n_observed = 0
@@ -148,7 +149,15 @@ class TablePolicy:
             b_low = row[0] * self.bw_factor
             lat, j = self.cost.row((b_low, *row[1:]), b_low)
             p = self._pick_a(kept, lat, j, s)
-        return Decision(p, tuple(cand), self.mode, cell, flags)
+        # Decisions are immutable: reuse an equal one (creating a frozen dataclass costs more
+        # than the whole table lookup).
+        key = (p, *cand, -1, cell, flags)
+        d = self._decisions.get(key)
+        if d is None:
+            if len(self._decisions) > 100_000:
+                self._decisions.clear()
+            d = self._decisions[key] = Decision(p, tuple(cand), self.mode, cell, flags)
+        return d
 
     def _pick_a(self, kept: list[int], lat: list[float], j: list[float], s: list[float]) -> int:
         """Lowest live J among partitions meeting the SLO at the pessimistic bandwidth (the
