@@ -180,6 +180,7 @@ def fit_q(
 
         raise ConfigError(f"only {n} training events; Q_θ needs at least 10 (lengthen the replay)")
     torch.manual_seed(seed)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -247,7 +248,7 @@ def fit_q(
         layers = [(m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy()) for m in lins]
     finally:
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(False)
+        torch.use_deterministic_algorithms(was_deterministic)
     report = {
         "epochs": epoch,
         "best_val_loss": best,

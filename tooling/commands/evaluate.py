@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device-profile",
         metavar="NAME|FILE",
-        help="re-profile the bundle's costs for this device before evaluating",
+        help="re-profile the bundle for this device first (rewrites its profile section; the table is recalibrated, not retrained)",
     )
     parser.add_argument(
         "--events-per-hour", type=int, default=12, help="inference events per hour (default 12)"
