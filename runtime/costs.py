@@ -1,15 +1,17 @@
 """Per-inference cost of every partition, and the objective J (METHOD.md §3-4; docs/COSTS.md).
 
 Two paths compute the same numbers: `CostModel.evaluate` (numpy, many contexts at once: the
-replay, labels, evaluation) and `CostModel.row_objective` (pure Python, one context: the
-device's mode A calls it per inference). Tests check that they agree.
+replay, labels, evaluation) and `CostModel.row` / `row_objective` (pure Python, one context,
+every partition or only a given subset: the device's mode A prices its conformal set per
+inference). Tests check that they agree, and that a subset's entries equal the full row's.
 
 Units: ms for times, mW for power (mW * ms = uJ), J, gCO2eq, percent of battery.
 """
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,6 +112,11 @@ class CostModel:
             )
             for p in range(self.P)
         ]
+        # Looked up by partition index (a dict: a bad index fails instead of wrapping); None
+        # marks p = P, computed locally.
+        self._specs: dict[int, tuple[float, ...] | None] = dict(enumerate(self._remote))
+        self._specs[self.P] = None
+        self._all = list(range(self.P + 1))
         self._tau_local = float(self.tau_d[self.P])
         self._wc_j = self.wc / J_PER_KWH  # J weight per (gCO2/kWh * J)
         self._wb_j = self.wb * self.soc_k  # J weight per J of device energy (before h)
@@ -117,6 +124,14 @@ class CostModel:
         self._low, self._bk = float(ob.battery_low_pct), float(ob.battery_k)
         self._gd = ([float(v) for v in pr.device_load_u], [float(v) for v in pr.device_slowdown_g])
         self._gs = ([float(v) for v in pr.server_load_v], [float(v) for v in pr.server_slowdown_g])
+        # Everything row() reads, fixed here and unpacked in one step per call (cheaper than
+        # ~25 attribute loads).
+        self._scalar = (
+            self.p_act, self.p_idle, self.p_srv, self.wasted, self.deadline, self.early,
+            self.slo, self.slack, self.radio_a, self.radio_b, self.radio_cap, self._e_net_uj,
+            self._wc_j, self._wb_j, self.wt, self.fixed_id, self._tau_local, self._low,
+            self._bk, *self._gd, *self._gs, self._specs, self._all,
+        )  # fmt: skip
 
     # ---------------------------------------------------------------------------------------
     def reference(self) -> Reference:
@@ -222,74 +237,101 @@ class CostModel:
         return np.where(feas.any(axis=1), best, fastest)
 
     # ---------------------------------------------------------------------------------------
-    def row(self, ctx: tuple[float, ...], bandwidth_mbps: float) -> tuple[list[float], list[float]]:
-        """(latency_ms, J) of every partition for one context; pure Python, no numpy.
+    def row(
+        self,
+        ctx: tuple[float, ...],
+        bandwidth_mbps: float,
+        partitions: Sequence[int] | None = None,
+    ) -> tuple[list[float], list[float]]:
+        """(latency_ms, J) for one context; pure Python, no numpy.
+
+        Every partition 0..P when `partitions` is None; else only the given ones (indices in
+        0..P), the lists aligned with `partitions`. Each entry is the same float as the full
+        row's (the same operations in the same order), so mode A can price just its set.
+        ctx[0] is not read: the transfer uses `bandwidth_mbps`.
 
         Same formulas as `evaluate`, arranged for speed: energies in uJ (mW * ms), and J as
         a * E_d + c * E_srv + wt * T with the per-context constants a and c folded once.
         """
+        (p_act, p_idle, p_srv, wasted, dl, early, slo, slack, radio_a, radio_b, radio_cap,
+         e_net_uj, wc_j, wb_j, wt, fixed_id, tau_local, low, bk, gd_u, gd_g, gs_v, gs_g,
+         specs, all_p) = self._scalar  # fmt: skip
         bw = bandwidth_mbps if bandwidth_mbps > 0.0 else 0.0
         rtt = ctx[1]
-        gd = _interp(ctx[2], *self._gd)
-        gs = _interp(ctx[3], *self._gs)
+        # g_d(u), g_s(v): np.interp for one value (linear inside, flat outside), written out
+        # here because a function call costs more than the lookup itself.
+        u = ctx[2]
+        if u <= gd_u[0]:
+            gd = gd_g[0]
+        elif u >= gd_u[-1]:
+            gd = gd_g[-1]
+        else:
+            i = bisect_right(gd_u, u)
+            gd = gd_g[i - 1] + (gd_g[i] - gd_g[i - 1]) * (u - gd_u[i - 1]) / (gd_u[i] - gd_u[i - 1])
+        v = ctx[3]
+        if v <= gs_v[0]:
+            gs = gs_g[0]
+        elif v >= gs_v[-1]:
+            gs = gs_g[-1]
+        else:
+            i = bisect_right(gs_v, v)
+            gs = gs_g[i - 1] + (gs_g[i] - gs_g[i - 1]) * (v - gs_v[i - 1]) / (gs_v[i] - gs_v[i - 1])
         b = ctx[6]
-        h = 1.0 + (self._low - b) / self._low * self._bk if b < self._low else 1.0
-        i_d = ctx[4] if self.fixed_id is None else self.fixed_id
-        a = (self._wc_j * i_d + self._wb_j * h) * 1e-6  # per uJ of device energy
-        c = self._wc_j * ctx[5] * 1e-6  # per uJ of server (+ network) energy
-        wt = self.wt
-        p_act, p_idle, wasted, dl = self.p_act, self.p_idle, self.wasted, self.deadline
-        if self.slack:
-            slack = self.slo - self._tau_local * gd
-            if slack > 0.0:
-                dl = slack
-                wasted = slack if self.early is None or self.early > slack else self.early
-        p_tx = (
-            p_idle + self.radio_a * (bw if bw < self.radio_cap else self.radio_cap) + self.radio_b
-        )
-        p_srv, e_net_uj = self.p_srv, self._e_net_uj
+        h = 1.0 + (low - b) / low * bk if b < low else 1.0
+        i_d = ctx[4] if fixed_id is None else fixed_id
+        a = (wc_j * i_d + wb_j * h) * 1e-6  # per uJ of device energy
+        c = wc_j * ctx[5] * 1e-6  # per uJ of server (+ network) energy
+        if slack:
+            slack_ms = slo - tau_local * gd
+            if slack_ms > 0.0:
+                dl = slack_ms
+                wasted = slack_ms if early is None or early > slack_ms else early
+        p_tx = p_idle + radio_a * (bw if bw < radio_cap else radio_cap) + radio_b
         half_rtt = 0.5 * rtt
         lat: list[float] = []
         obj: list[float] = []
-        for tau_d, tau_s, up_k, ret_k, rest, bits, rbits in self._remote:
-            t_d = tau_d * gd
-            t_s = tau_s * gs
-            if bw > 0.0:
-                up = up_k / bw
-                tx = up + rtt + ret_k / bw
-                t_off = tx + t_s
-            else:
-                up = t_off = tx = _INF
-            if t_off <= dl:
-                t = t_d + t_off
-                e_d = p_act * t_d + p_tx * tx + p_idle * t_s
-                e_s = p_srv * t_s + e_net_uj * (bits + rbits)
-            else:
-                t_rest = rest * gd
-                t = t_d + wasted + t_rest
-                e_d = p_act * (t_d + t_rest) + p_tx * wasted
-                sent = bw * 1e3 * wasted
-                e_s = (p_srv * t_s if up + half_rtt <= wasted else 0.0) + e_net_uj * (
-                    bits if bits < sent else sent
-                )
-            lat.append(t)
-            obj.append(a * e_d + c * e_s + wt * t)
-        t = self._tau_local * gd
-        lat.append(t)
-        obj.append(a * p_act * t + wt * t)
+        try:
+            for p in all_p if partitions is None else partitions:
+                spec = specs[p]
+                if spec is None:  # p = P: all local
+                    t = tau_local * gd
+                    lat.append(t)
+                    obj.append(a * p_act * t + wt * t)
+                    continue
+                tau_d, tau_s, up_k, ret_k, rest, bits, rbits = spec
+                t_d = tau_d * gd
+                t_s = tau_s * gs
+                if bw > 0.0:
+                    up = up_k / bw
+                    tx = up + rtt + ret_k / bw
+                    t_off = tx + t_s
+                else:
+                    up = t_off = tx = _INF
+                if t_off <= dl:
+                    t = t_d + t_off
+                    e_d = p_act * t_d + p_tx * tx + p_idle * t_s
+                    e_s = p_srv * t_s + e_net_uj * (bits + rbits)
+                else:
+                    t_rest = rest * gd
+                    t = t_d + wasted + t_rest
+                    e_d = p_act * (t_d + t_rest) + p_tx * wasted
+                    sent = bw * 1e3 * wasted
+                    e_s = (p_srv * t_s if up + half_rtt <= wasted else 0.0) + e_net_uj * (
+                        bits if bits < sent else sent
+                    )
+                lat.append(t)
+                obj.append(a * e_d + c * e_s + wt * t)
+        except KeyError:  # a dict lookup: negative or too large indices miss
+            bad = [p for p in partitions or () if p not in specs]
+            raise ValueError(f"partitions {bad} are outside 0..{self.P}") from None
         return lat, obj
 
-    def row_objective(self, ctx: tuple[float, ...], bandwidth_mbps: float) -> list[float]:
-        """J of every partition for one context with the given bandwidth (pure Python)."""
-        return self.row(ctx, bandwidth_mbps)[1]
-
-
-def _interp(x: float, xs: list[float], ys: list[float]) -> float:
-    """np.interp for one value: linear inside, flat outside."""
-    if x <= xs[0]:
-        return ys[0]
-    if x >= xs[-1]:
-        return ys[-1]
-    i = bisect.bisect_right(xs, x)
-    x0, x1 = xs[i - 1], xs[i]
-    return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - x0) / (x1 - x0)
+    def row_objective(
+        self,
+        ctx: tuple[float, ...],
+        bandwidth_mbps: float,
+        partitions: Sequence[int] | None = None,
+    ) -> list[float]:
+        """J for one context with the given bandwidth (pure Python): every partition, or
+        only `partitions` (aligned with it), as in `row`."""
+        return self.row(ctx, bandwidth_mbps, partitions)[1]

@@ -1,7 +1,9 @@
 """The device-side decision (METHOD.md §6-8): context -> cell -> conformal set -> SLO guard
 -> mode (R, M or A), with ACI state and a window for weighted CP. numpy only, no torch.
 
-The per-decision path is pure Python over lists prepared at load (no numpy per call).
+The per-decision path is pure Python over lists prepared at load (no numpy per call); the
+set and guard of a (cell, threshold) are computed once and looked up after, and mode A prices
+only the partitions that survive the guard (`CostModel.row` with a subset).
 """
 
 from __future__ import annotations
@@ -9,16 +11,30 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from carboncp.runtime.conformal import ACI, BinnedLogit, WeightedCP, check_alpha
 from carboncp.runtime.context import Context, Decision
-from carboncp.runtime.errors import ConfigError
+from carboncp.runtime.errors import BundleError, ConfigError
 from carboncp.runtime.table import CellIndex, Table
 
 MODES = ("A", "M", "R")
 ONLINE = ("aci", "weighted", "split")
+_CACHE_MAX = 20_000  # cached sets; cleared when full (weighted CP's thresholds vary per row)
+
+
+class _SetEntry(NamedTuple):
+    """What one (cell, latency cell, threshold) fixes: the set, the guard, mode M's pick."""
+
+    candidates: tuple[int, ...]  # the conformal set
+    kept: tuple[int, ...]  # after the SLO guard (the set itself when the guard would empty it)
+    scores: list[float]  # the cell's scores
+    relaxed: bool
+    flags: tuple[str, ...]
+    single: int  # the only kept partition, or -1
+    lowest_score: int  # mode M's pick (the lowest score among kept)
+    decisions: dict[int, Decision]  # partition -> the (immutable) Decision, reused
 
 
 class TablePolicy:
@@ -74,7 +90,7 @@ class TablePolicy:
             self._window: deque[tuple[float, ...]] = deque(maxlen=window)
         self.slo = getattr(cost_model, "slo", table.slo_ms)
         self.refit_every = refit_every
-        self._decisions: dict[tuple, Decision] = {}
+        self._sets: dict[tuple[int, int, float], _SetEntry] = {}
         self._since_refit = 0
         self.n_decisions = 0
         self.n_observed = 0
@@ -129,51 +145,76 @@ class TablePolicy:
         """decide() on a CONTEXT_FIELDS-ordered tuple (the evaluation's fast path)."""
         self.n_decisions += 1
         cell, lcell = self.index.cell_of(row)
-        s = self.scores[cell]
-        q = self.threshold(row)
-        cand = [p for p in self._range if s[p] <= q]
-        ok = self.guard[lcell]
-        kept = [p for p in cand if ok[p]]
-        flags: tuple[str, ...] = ()
-        if not kept:
-            kept = cand
-            flags = ("slo_guard_relaxed",)
+        q = self.aci.threshold() if self.online == "aci" else self.threshold(row)
+        # The set, the guard and everything fixed by them depend only on (cell, latency cell,
+        # threshold): computed once, then looked up.
+        key = (cell, lcell, q)
+        st = self._sets.get(key)
+        if st is None:
+            st = self._set_of(cell, lcell, q)
+            if len(self._sets) >= _CACHE_MAX:
+                self._sets.clear()
+            self._sets[key] = st
+        cand, kept, s, relaxed, flags, p, lowest, decisions = st
+        if relaxed:
             self.n_guard_relaxed += 1
-        if len(kept) == 1:
-            p = kept[0]
-        elif self.mode == "M":
-            p = min(kept, key=s.__getitem__)
-        elif self.mode == "R":
-            p = kept[self.rng.randrange(len(kept))]
-        else:
-            b_low = row[0] * self.bw_factor
-            lat, j = self.cost.row((b_low, *row[1:]), b_low)
-            p = self._pick_a(kept, lat, j, s)
+        if p < 0:  # two or more partitions survive the guard: the mode picks
+            if self.mode == "M":
+                p = lowest
+            elif self.mode == "R":
+                p = kept[self.rng.randrange(len(kept))]
+            else:  # live cost of the kept partitions only, at the pessimistic bandwidth
+                lat, j = self.cost.row(row, row[0] * self.bw_factor, kept)
+                p = self._pick_a(kept, lat, j, s)
         # Decisions are immutable: reuse an equal one (creating a frozen dataclass costs more
         # than the whole table lookup).
-        key = (p, *cand, -1, cell, flags)
-        d = self._decisions.get(key)
+        d = decisions.get(p)
         if d is None:
-            if len(self._decisions) > 100_000:
-                self._decisions.clear()
-            d = self._decisions[key] = Decision(p, tuple(cand), self.mode, cell, flags)
+            d = decisions[p] = Decision(p, cand, self.mode, cell, flags)
         return d
 
-    def _pick_a(self, kept: list[int], lat: list[float], j: list[float], s: list[float]) -> int:
+    def _set_of(self, cell: int, lcell: int, q: float) -> _SetEntry:
+        """Conformal set at threshold q, the SLO guard (relaxed when it would empty the set)."""
+        s = self.scores[cell]
+        cand = [p for p in self._range if s[p] <= q]
+        if not cand:  # every cell scores its best partition 0 and q >= 0: a broken table
+            raise BundleError(
+                f"table cell {cell} has no score <= threshold {q}: the table is corrupt; "
+                "rebuild it with 'carboncp build'"
+            )
+        ok = self.guard[lcell]
+        kept = tuple(p for p in cand if ok[p])
+        relaxed = not kept
+        if relaxed:
+            kept = tuple(cand)
+        return _SetEntry(
+            candidates=tuple(cand),
+            kept=kept,
+            scores=s,
+            relaxed=relaxed,
+            flags=("slo_guard_relaxed",) if relaxed else (),
+            single=kept[0] if len(kept) == 1 else -1,
+            lowest_score=min(kept, key=s.__getitem__),
+            decisions={},
+        )
+
+    def _pick_a(
+        self, kept: tuple[int, ...], lat: list[float], j: list[float], s: list[float]
+    ) -> int:
         """Lowest live J among partitions meeting the SLO at the pessimistic bandwidth (the
-        fastest when none does); ties go to the lowest score (mode M). Plain loops: this is
-        the per-decision path."""
+        fastest when none does); ties go to the lowest score (mode M), then to the lowest
+        partition. lat and j are aligned with kept. One plain loop: the per-decision path."""
         slo = self.slo
-        feas = kept if slo is None else [k for k in kept if lat[k] <= slo]
-        cost = j
-        if not feas:
-            feas, cost = kept, lat
-        p = feas[0]
-        bc, bs = cost[p], s[p]
-        for k in feas[1:]:
-            c = cost[k]
-            if c < bc or (c == bc and s[k] < bs):
+        p = -1
+        bc = bs = 0.0
+        for k, t, c in zip(kept, lat, j, strict=True):
+            if (slo is None or t <= slo) and (p < 0 or c < bc or (c == bc and s[k] < bs)):
                 p, bc, bs = k, c, s[k]
+        if p >= 0:
+            return p
+        for k, t in zip(kept, lat, strict=True):  # none meets the SLO: the fastest
+            if p < 0 or t < bc or (t == bc and s[k] < bs):
+                p, bc, bs = k, t, s[k]
         return p
 
     def observe(self, decision: Decision, seen: Context, realised: Context) -> None:

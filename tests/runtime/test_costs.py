@@ -249,3 +249,40 @@ def test_costs_take_rows() -> None:
     sub = c.take(np.array([2, 5]))
     np.testing.assert_array_equal(sub.objective, c.objective[[2, 5]])
     assert len(sub) == 2
+
+
+@pytest.mark.parametrize(
+    "objective",
+    [
+        Objective(),
+        Objective(slo_ms=None, radio="lte", e_net_j_per_bit=5e-8, battery_k=4.0),
+        Objective(early_abandon_ms=40.0, device_carbon="fixed", device_fixed_gco2_per_kwh=80.0),
+        Objective(slo_ms=200.0, deadline_rule="slack", early_abandon_ms=60.0),
+    ],
+)
+def test_row_subset_equals_the_full_rows_entries(objective: Objective) -> None:
+    """Mode A prices only its set: each subset entry must be the very float of the full row."""
+    cm = CostModel(resnet18_like_profile(), objective)
+    x = random_contexts(1500, seed=11)
+    x[::53, 2] = 1.6  # loads outside the measured range, held flat
+    x[::59, 3] = -0.1
+    rng = np.random.default_rng(12)
+    bw = x[:, 0] * rng.choice([1.0, 0.5, 0.9], len(x))
+    n_parts = cm.P + 1
+    for i in range(len(x)):
+        ctx = tuple(float(v) for v in x[i])
+        lat, j = cm.row(ctx, float(bw[i]))
+        sub = [int(p) for p in rng.permutation(n_parts)[: rng.integers(1, n_parts + 1)]]
+        lat_s, j_s = cm.row(ctx, float(bw[i]), sub)
+        assert lat_s == [lat[p] for p in sub]  # exact, not approximate
+        assert j_s == [j[p] for p in sub]
+        assert cm.row_objective(ctx, float(bw[i]), sub) == j_s
+    assert cm.row(ctx, 5.0, []) == ([], [])
+
+
+def test_row_subset_refuses_partitions_outside_the_model() -> None:
+    cm = CostModel(resnet18_like_profile(), Objective())
+    ctx = tuple(float(v) for v in random_contexts(1)[0])
+    for bad in ([cm.P + 1], [0, -1]):
+        with pytest.raises(ValueError, match="outside"):
+            cm.row(ctx, 10.0, bad)

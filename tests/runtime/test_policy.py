@@ -179,3 +179,105 @@ def test_runtime_policy_imports_neither_torch_nor_tooling() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _random_table(rng: np.random.Generator, p1: int = 7) -> Table:
+    """Many cells (bandwidth, RTT, load, both carbons, battery) with random scores (one 0 per
+    cell) and random guard bounds around the 300 ms SLO: sets of every size, some guarded."""
+    edges = [[2.0, 10.0, 40.0], [30.0], [0.5], [], [250.0], [150.0], [30.0]]
+    n_cells = math.prod(len(e) + 1 for e in edges)
+    n_lat = math.prod(len(e) + 1 for e in edges[:4])
+    scores = rng.uniform(0.0, 1.0, (n_cells, p1))
+    scores[np.arange(n_cells), rng.integers(0, p1, n_cells)] = 0.0
+    cal = rng.uniform(0.0, 1.0, 300).astype(np.float32)
+    return Table(
+        edges=edges,
+        scores=scores.astype(np.float16),
+        latency_ms=rng.uniform(50.0, 500.0, (n_lat, p1)).astype(np.float16),
+        latency_offset_ms=[0.0] * p1,
+        alpha=0.1,
+        qhat=0.5,
+        cal_scores=cal,
+        cal_bins=np.zeros((300, 7), np.uint8),
+        bandwidth_log_lower=math.log(0.6),
+        slo_ms=300.0,
+        classifier=BinnedLogit(CLASSIFIER_EDGES).to_dict(),
+    )
+
+
+def _decide_on_the_full_row(pol: TablePolicy, row: tuple[float, ...]) -> tuple[int, tuple]:
+    """The decision as it was made before mode A priced only its set: the whole row
+    (partitions=None) indexed by partition. Returns (partition, candidates)."""
+    cell, lcell = pol.index.cell_of(row)
+    s = pol.scores[cell]
+    q = pol.threshold(row)
+    cand = [p for p in range(pol.p1) if s[p] <= q]
+    kept = [p for p in cand if pol.guard[lcell][p]] or cand
+    if len(kept) == 1:
+        return kept[0], tuple(cand)
+    if pol.mode == "M":
+        return min(kept, key=s.__getitem__), tuple(cand)
+    b_low = row[0] * pol.bw_factor
+    lat, j = pol.cost.row((b_low, *row[1:]), b_low)
+    feas = [k for k in kept if lat[k] <= pol.slo]
+    cost = j
+    if not feas:
+        feas, cost = kept, lat
+    p = feas[0]
+    for k in feas[1:]:
+        if cost[k] < cost[p] or (cost[k] == cost[p] and s[k] < s[p]):
+            p = k
+    return p, tuple(cand)
+
+
+@pytest.mark.parametrize("mode", ["A", "M"])
+def test_decisions_on_the_set_equal_decisions_on_the_full_row(mode: str) -> None:
+    """Replays of random contexts with ACI moving the threshold (α from 0.1 to 0.8: large and
+    small sets): the policy (live cost of the kept partitions only, cached sets) decides
+    exactly as the full-row computation does."""
+    from tests.support.cost_fixtures import random_contexts
+
+    rng = np.random.default_rng(5)
+    cm = cost_model()
+    table = _random_table(rng)
+    live, relaxed_total, sizes = 0, 0, set()
+    for alpha in (0.1, 0.5, 0.8):
+        relaxed = 0
+        pol = TablePolicy(table, cm, mode, alpha=alpha, online="aci", gamma=0.05)
+        x = random_contexts(300, seed=int(alpha * 10))
+        x[:, 2] = rng.uniform(0.0, 1.0, len(x))
+        for i in range(len(x)):
+            row = tuple(float(v) for v in x[i])
+            want = _decide_on_the_full_row(pol, row)
+            d = pol.decide(Context(*row))
+            assert (d.partition, d.candidates) == want, f"α={alpha}, context {i}: {row}"
+            sizes.add(len(d.candidates))
+            live += len(d.candidates) > 1
+            relaxed += d.flags == ("slo_guard_relaxed",)
+            # the realised bandwidth differs from the seen one: misses move α_t and q
+            realised = Context(row[0] * float(rng.uniform(0.2, 1.5)), *row[1:])
+            pol.observe(d, Context(*row), realised)
+        assert pol.n_guard_relaxed == relaxed
+        relaxed_total += relaxed
+    # the test exercised mode A's live cost, sets of many sizes and the relaxed guard
+    assert live > 300 and len(sizes) >= 5 and relaxed_total > 0
+
+
+class _FlatCost:
+    """A cost model pricing every partition alike: mode A has only ties to break."""
+
+    def __init__(self, latency_ms: float, slo: float = 300.0) -> None:
+        self.latency_ms, self.slo = latency_ms, slo
+
+    def row(self, ctx, bandwidth_mbps, partitions=None):
+        n = 7 if partitions is None else len(partitions)
+        return [self.latency_ms] * n, [1.0] * n
+
+
+@pytest.mark.parametrize("latency_ms", [100.0, 900.0])  # all within the SLO / none within it
+def test_mode_a_ties_go_to_the_lowest_score_like_mode_m(latency_ms: float) -> None:
+    t = _table(SCORES, [[10] * 7] * 2, qhat=0.95)
+    for bw in (1.0, 100.0):
+        a = TablePolicy(t, _FlatCost(latency_ms), "A", online="split").decide(_ctx(bw))
+        m = TablePolicy(t, _FlatCost(latency_ms), "M", online="split").decide(_ctx(bw))
+        assert len(a.candidates) > 2 and a.partition == m.partition
