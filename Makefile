@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine (see README.md):
 #   make demo   creates .venv, installs CarbonCP with every extra, runs the one-machine demo
 #   make test   the same set-up, then lint + the whole test suite (what CI runs)
+#   make bench  speed and memory benchmarks (ratios against a baseline in the same run)
 PY ?= python3
 VENV ?= .venv
 TFLITE_VENV ?= .venv-tflite
@@ -41,6 +42,17 @@ test-tflite-runtime: $(BIN)/.installed $(TFLITE_VENV)/.installed
 		$(TFLITE_VENV)/bin/python -m pytest -p no:cacheprovider tests/runtime/test_litert_runner.py
 
 test: lint test-py test-tflite-runtime
+
+# Speed and memory targets: each benchmark prints ratios against a baseline measured in the same run.
+bench: $(BIN)/.installed
+	test -f models/resnet18/table/table.json || \
+		$(BIN)/carboncp build --model resnet18 --out models/resnet18 --device-profile rpi4
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.heads models/resnet18
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.decision models/resnet18
+	$(BIN)/python -m bench.loop
+	$(BIN)/python -m bench.offload
+	$(BIN)/python -m bench.costs
+	$(BIN)/python -m bench.bridge_decode
 
 clean:
 	rm -rf $(VENV) $(TFLITE_VENV) .cache build *.egg-info
