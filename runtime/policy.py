@@ -2,14 +2,15 @@
 -> mode (R, M or A), with ACI state and a window for weighted CP. numpy only, no torch.
 
 The per-decision path is pure Python over lists prepared at load (no numpy per call); the
-set and guard of a (cell, threshold) are computed once and looked up after, and mode A prices
-only the partitions that survive the guard (`CostModel.row` with a subset).
+set and guard of a cell at a set size are computed once and looked up after, and mode A
+prices only the partitions that survive the guard (`CostModel.row` with a subset).
 """
 
 from __future__ import annotations
 
 import math
 import random
+from bisect import bisect_right
 from collections import deque
 from typing import Any, NamedTuple
 
@@ -21,11 +22,11 @@ from carboncp.runtime.table import CellIndex, Table
 
 MODES = ("A", "M", "R")
 ONLINE = ("aci", "weighted", "split")
-_CACHE_MAX = 20_000  # cached sets; cleared when full (weighted CP's thresholds vary per row)
+_CACHE_MAX = 50_000  # cached sets (cells seen x set sizes); cleared when full
 
 
 class _SetEntry(NamedTuple):
-    """What one (cell, latency cell, threshold) fixes: the set, the guard, mode M's pick."""
+    """What (cell, latency cell, set size) fixes: the set, the guard, mode M's pick."""
 
     candidates: tuple[int, ...]  # the conformal set
     kept: tuple[int, ...]  # after the SLO guard (the set itself when the guard would empty it)
@@ -74,6 +75,12 @@ class TablePolicy:
         self._range = list(range(self.p1))
         self.scores: list[list[float]] = table.scores.astype(np.float64).tolist()
         self.guard: list[list[bool]] = table.guard_ok().tolist()
+        # Each cell's scores in ascending order: the set at threshold q is the k partitions
+        # scored <= q, k = bisect_right(sorted scores, q), so (cell, latency cell, k) fixes the
+        # set and the guard however q moves; at most n_cells * n_lat * (P+2) keys exist.
+        scores64 = table.scores.astype(np.float64)
+        self._sorted_scores: list[list[float]] = np.sort(scores64, axis=1).tolist()
+        self._n_lat = len(self.guard)
         cal = np.sort(table.cal_scores.astype(np.float64))
         if alpha is None or alpha == table.alpha:
             self.qhat = float(table.qhat)
@@ -90,7 +97,7 @@ class TablePolicy:
             self._window: deque[tuple[float, ...]] = deque(maxlen=window)
         self.slo = getattr(cost_model, "slo", table.slo_ms)
         self.refit_every = refit_every
-        self._sets: dict[tuple[int, int, float], _SetEntry] = {}
+        self._sets: dict[int, _SetEntry] = {}
         self._since_refit = 0
         self.n_decisions = 0
         self.n_observed = 0
@@ -146,9 +153,13 @@ class TablePolicy:
         self.n_decisions += 1
         cell, lcell = self.index.cell_of(row)
         q = self.aci.threshold() if self.online == "aci" else self.threshold(row)
-        # The set, the guard and everything fixed by them depend only on (cell, latency cell,
-        # threshold): computed once, then looked up.
-        key = (cell, lcell, q)
+        if q != q:  # NaN: no partition scores <= q (bisect would count them all)
+            raise BundleError(
+                f"the conformal threshold is NaN (online={self.online!r}): the calibration "
+                "scores are corrupt; rebuild the bundle with 'carboncp build'"
+            )
+        k = bisect_right(self._sorted_scores[cell], q)
+        key = (cell * self._n_lat + lcell) * (self.p1 + 1) + k
         st = self._sets.get(key)
         if st is None:
             st = self._set_of(cell, lcell, q)
