@@ -281,3 +281,14 @@ def test_mode_a_ties_go_to_the_lowest_score_like_mode_m(latency_ms: float) -> No
         a = TablePolicy(t, _FlatCost(latency_ms), "A", online="split").decide(_ctx(bw))
         m = TablePolicy(t, _FlatCost(latency_ms), "M", online="split").decide(_ctx(bw))
         assert len(a.candidates) > 2 and a.partition == m.partition
+
+
+def test_a_nan_or_negative_threshold_is_refused_not_turned_into_a_set() -> None:
+    from carboncp.runtime.errors import BundleError
+
+    t = _table(SCORES, LAT, qhat=0.5)
+    for q in (float("nan"), -1.0):  # bisect alone would count every / no partition
+        pol = TablePolicy(t, cost_model(), "A", online="split")
+        pol.qhat = q
+        with pytest.raises(BundleError, match="threshold"):
+            pol.decide(_ctx(100.0))
