@@ -7,10 +7,12 @@ and what to do in every error. JSON and .npy only, never pickle.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,10 @@ class Bundle:
         rel = self.manifest.get("sections", {}).get(name)
         if rel is None:
             return None
+        if not isinstance(rel, str):
+            raise BundleError(
+                f"{self.path / MANIFEST}: 'sections.{name}' must be a file name, got {rel!r}"
+            )
         return _read_json(self.file(rel))
 
     @classmethod
@@ -99,6 +105,17 @@ class Bundle:
         if verify:
             bundle.verify()
         return bundle
+
+    def check_sections(self) -> None:
+        """Load every section the runtime reads (profile, objective, table) so that a corrupt
+        one fails here with a BundleError/ConfigError naming its file, not later mid-run."""
+        from carboncp.runtime.costs import cost_model_of
+        from carboncp.runtime.table import Table
+
+        if self.section("profile") is not None:
+            cost_model_of(self, objective_required=False)
+        if self.section("table") is not None:
+            Table.from_bundle(self)
 
     def verify(self) -> None:
         """Check that every listed file exists with its recorded size and sha256."""
@@ -171,6 +188,25 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+@contextlib.contextmanager
+def section_fault(path: Path | str, fix: str, where: str = "") -> Iterator[None]:
+    """Turn a wrong type or shape met while reading a bundle file (a KeyError, IndexError,
+    TypeError, ValueError or AttributeError from the parsing code) into one BundleError that
+    names the file, the part being read and what to do, instead of a traceback."""
+    try:
+        yield
+    except BundleError:
+        raise
+    except KeyError as exc:
+        raise BundleError(
+            f"{path}: {where + ': ' if where else ''}missing key {exc}; {fix}"
+        ) from None
+    except (IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise BundleError(
+            f"{path}: {where + ': ' if where else ''}malformed ({exc}); {fix}"
+        ) from None
+
+
 def _req(mpath: Path, obj: Any, key: str, where: str) -> Any:
     if not isinstance(obj, dict) or key not in obj:
         raise BundleError(f"{mpath}: missing key '{where}.{key}' ; {_REBUILD}".replace(" ;", ";"))
@@ -192,6 +228,14 @@ def _check_header(mpath: Path, m: dict[str, Any]) -> None:
     for key in ("shape", "dtype"):
         _req(mpath, m["input"], key, "input")
         _req(mpath, m["output"], key, "output")
+    for key, kind in (("model", dict), ("input", dict), ("output", dict), ("files", dict)):
+        if not isinstance(m[key], kind):
+            raise BundleError(f"{mpath}: '{key}' must be a JSON object; {_REBUILD}")
+    if not isinstance(m.get("sections", {}), dict):
+        raise BundleError(f"{mpath}: 'sections' must be a JSON object; {_REBUILD}")
+    with section_fault(mpath, _REBUILD):
+        for key in ("input", "output"):
+            [int(v) for v in m[key]["shape"]]  # a list of integers, or a clear error
     if not isinstance(m["partitions"], list) or len(m["partitions"]) < 2:
         raise BundleError(f"{mpath}: 'partitions' must list at least p = 0 and p = P; {_REBUILD}")
 
@@ -207,14 +251,15 @@ def _partition(mpath: Path, i: int, d: Any) -> Partition:
         raise BundleError(
             f"{mpath}: {where}.wire.dtype {dtype!r} is not one of {sorted(WIRE_DTYPES)}"
         )
-    return Partition(
-        p=int(p),
-        cut=str(_req(mpath, d, "cut", where)),
-        wire_dtype=dtype,
-        wire_shape=tuple(int(x) for x in _req(mpath, wire, "shape", f"{where}.wire")),
-        wire_bytes=int(_req(mpath, wire, "bytes", f"{where}.wire")),
-        head=dict(d.get("head") or {}),
-        tail=dict(d.get("tail") or {}),
-        verify_max_abs={k: float(v) for k, v in (d.get("verify") or {}).items()},
-        float16=d.get("float16"),
-    )
+    with section_fault(mpath, _REBUILD, where):
+        return Partition(
+            p=int(p),
+            cut=str(_req(mpath, d, "cut", where)),
+            wire_dtype=dtype,
+            wire_shape=tuple(int(x) for x in _req(mpath, wire, "shape", f"{where}.wire")),
+            wire_bytes=int(_req(mpath, wire, "bytes", f"{where}.wire")),
+            head={str(k): str(v) for k, v in (d.get("head") or {}).items()},
+            tail={str(k): str(v) for k, v in (d.get("tail") or {}).items()},
+            verify_max_abs={k: float(v) for k, v in (d.get("verify") or {}).items()},
+            float16=d.get("float16"),
+        )

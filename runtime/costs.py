@@ -13,11 +13,13 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from carboncp.runtime.context import CONTEXT_FIELDS
+from carboncp.runtime.errors import BundleError
 from carboncp.runtime.objective import Objective
-from carboncp.runtime.profile import Profile
+from carboncp.runtime.profile import Profile, load_profile
 
 J_PER_KWH = 3.6e6
 _INF = float("inf")
@@ -335,3 +337,19 @@ class CostModel:
         """J for one context with the given bandwidth (pure Python): every partition, or
         only `partitions` (aligned with it), as in `row`."""
         return self.row(ctx, bandwidth_mbps, partitions)[1]
+
+
+def cost_model_of(bundle: Any, objective_required: bool = True) -> CostModel:
+    """A loaded bundle's CostModel: its profile and the objective it was built for (the
+    default objective when it has none and `objective_required` is False)."""
+    obj = bundle.section("objective")
+    if obj is not None:
+        where = str(bundle.path / bundle.manifest["sections"]["objective"])
+        objective = Objective.from_dict(obj, where=where)
+    elif objective_required:
+        raise BundleError(
+            f"{bundle.path}: no 'objective' section; run 'carboncp build' (or 'carboncp profile')"
+        )
+    else:
+        objective = Objective()
+    return CostModel(load_profile(bundle), objective)

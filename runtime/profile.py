@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from carboncp.runtime.bundle import section_fault
 from carboncp.runtime.errors import BundleError
 
 PROFILE_FORMAT = "carboncp-profile/1"
@@ -90,19 +91,23 @@ class Profile:
             if key not in d:
                 raise BundleError(f"{where}: missing key '{key}'; re-run 'carboncp profile'")
         kw: dict[str, Any] = {k: d[k] for k in req}
-        for key in _CURVES:
-            if key in d:
-                kw[key] = d[key]
-        for key in ("device", "notes"):
-            if key in d:
-                kw[key] = str(d[key])
-        kw["cuts"] = tuple(d.get("cuts", ()))
-        kw["wire_dtypes"] = tuple(d.get("wire_dtypes", ()))
-        kw["sources"] = dict(d.get("sources", {}))
-        try:
-            return cls(**kw)
-        except (TypeError, ValueError) as exc:
-            raise BundleError(f"{where}: {exc}; re-run 'carboncp profile'") from None
+        fix = "re-run 'carboncp profile'"
+        with section_fault(where, fix):
+            for key in _CURVES:
+                if key in d:
+                    kw[key] = d[key]
+            for key in ("device", "notes"):
+                if key in d:
+                    kw[key] = str(d[key])
+            kw["cuts"] = tuple(str(c) for c in d.get("cuts", ()))
+            kw["wire_dtypes"] = tuple(str(c) for c in d.get("wire_dtypes", ()))
+            kw["sources"] = {str(k): str(v) for k, v in dict(d.get("sources", {})).items()}
+            if not isinstance(kw["radio"], str):
+                raise BundleError(f"{where}: 'radio' must be a string, got {kw['radio']!r}; {fix}")
+            try:
+                return cls(**kw)
+            except BundleError as exc:  # _check's message names the key, not the file
+                raise BundleError(f"{where}: {exc}; {fix}") from None
 
 
 def load_profile(bundle: Any) -> Profile:
@@ -117,7 +122,14 @@ def load_profile(bundle: Any) -> Profile:
             f"{bundle.path}: the bundle has no 'profile' section; run 'carboncp profile "
             f"{bundle.path}' first"
         )
-    return Profile.from_dict(sec, where=f"{bundle.path}/profile")
+    where = str(bundle.path / bundle.manifest["sections"]["profile"])
+    pr = Profile.from_dict(sec, where=where)
+    if pr.last != bundle.last:
+        raise BundleError(
+            f"{where}: the profile covers partitions 0..{pr.last}, the bundle has 0..{bundle.last}; "
+            f"re-run 'carboncp profile {bundle.path}'"
+        )
+    return pr
 
 
 def _check(pr: Profile) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from carboncp.runtime.bundle import section_fault
+from carboncp.runtime.conformal import BinnedLogit
 from carboncp.runtime.context import CONTEXT_FIELDS
 from carboncp.runtime.errors import BundleError
 
@@ -166,15 +168,19 @@ class Table:
                 f"{where}: table format {layout.get('format')!r} is not {TABLE_FORMAT!r}; "
                 "rebuild the bundle with 'carboncp build'"
             )
-        try:
+        fix = "rebuild the bundle with 'carboncp build'"
+        with section_fault(where, fix):
             arrs = {}
             for key, spec in layout["files"].items():
                 path = read(f"{TABLE_DIR}/{spec['file']}")
-                arr = np.load(path, allow_pickle=False)
+                try:
+                    arr = np.load(path, allow_pickle=False)
+                except (ValueError, OSError) as exc:
+                    raise BundleError(f"{path}: unreadable table array ({exc}); {fix}") from None
                 if str(arr.dtype) != spec["dtype"] or list(arr.shape) != list(spec["shape"]):
                     raise BundleError(
                         f"{path}: dtype/shape {arr.dtype}{list(arr.shape)} differ from "
-                        f"{where} ({spec['dtype']}{spec['shape']}); rebuild the bundle"
+                        f"{where} ({spec['dtype']}{spec['shape']}); {fix}"
                     )
                 arrs[key] = arr
             t = cls(
@@ -191,18 +197,9 @@ class Table:
                 classifier=dict(layout["classifier"]),
                 meta=dict(layout.get("meta", {})),
             )
-        except KeyError as exc:
-            raise BundleError(f"{where}: missing key {exc}; rebuild the bundle") from exc
-        except ValueError as exc:
-            if isinstance(exc, BundleError):
-                raise
-            raise BundleError(
-                f"{where}: unreadable table array ({exc}); rebuild the bundle"
-            ) from exc
-        if t.shape != tuple(layout["shape"]) or t.scores.shape[0] != math.prod(t.shape):
-            raise BundleError(f"{where}: 'shape' does not match the edges and scores; rebuild")
-        if t.latency_ms.shape[0] != math.prod(t.latency_shape):
-            raise BundleError(f"{where}: latency_ms rows do not match the latency shape; rebuild")
+            shape = tuple(int(v) for v in layout["shape"])
+            BinnedLogit.from_dict(t.classifier)  # the weighted-CP classifier must load too
+        _check_shapes(t, shape, where, fix)
         return t
 
     @classmethod
@@ -212,7 +209,14 @@ class Table:
             raise BundleError(
                 f"{bundle.path}: the bundle has no 'table' section; build one with 'carboncp build'"
             )
-        return cls.from_layout(layout, bundle.file, str(bundle.path / TABLE_JSON))
+        where = str(bundle.path / TABLE_JSON)
+        t = cls.from_layout(layout, bundle.file, where)
+        if t.n_partitions != bundle.last + 1:
+            raise BundleError(
+                f"{where}: the table scores {t.n_partitions} partitions, the bundle has "
+                f"{bundle.last + 1} (p = 0..{bundle.last}); rebuild it with 'carboncp build'"
+            )
+        return t
 
 
 class CellIndex:
@@ -236,6 +240,35 @@ class CellIndex:
             c += b * self.strides[f]
             lc += b * self.lat_strides[f]
         return c, lc
+
+
+def _check_shapes(t: Table, shape: tuple[int, ...], where: str, fix: str) -> None:
+    """The arrays agree with each other and with the edges (a table that loads decides)."""
+    n_feat = len(CONTEXT_FIELDS)
+    if len(t.edges) != n_feat:
+        raise BundleError(f"{where}: 'edges' has {len(t.edges)} features, expected {n_feat}; {fix}")
+    if t.scores.ndim != 2 or t.shape != shape or t.scores.shape[0] != math.prod(t.shape):
+        raise BundleError(f"{where}: 'shape' does not match the edges and scores; {fix}")
+    p1 = t.scores.shape[1]
+    if t.latency_ms.ndim != 2 or t.latency_ms.shape != (math.prod(t.latency_shape), p1):
+        raise BundleError(
+            f"{where}: latency_ms rows/columns do not match the latency shape and the "
+            f"{p1} partitions of the scores; {fix}"
+        )
+    if len(t.latency_offset_ms) != p1:
+        raise BundleError(
+            f"{where}: 'latency_offset_ms' has {len(t.latency_offset_ms)} entries, the scores "
+            f"{p1} partitions; {fix}"
+        )
+    if t.cal_scores.ndim != 1 or t.cal_bins.shape != (len(t.cal_scores), n_feat):
+        raise BundleError(
+            f"{where}: cal_scores must be 1-D and cal_bins (n_cal, {n_feat}) of the same n_cal; "
+            f"{fix}"
+        )
+    if not 0 < t.alpha < 1:
+        raise BundleError(f"{where}: 'alpha' must be in (0, 1), got {t.alpha}; {fix}")
+    if math.isnan(t.qhat) or math.isnan(t.bandwidth_log_lower):
+        raise BundleError(f"{where}: 'qhat' and 'bandwidth_log_lower' must not be NaN; {fix}")
 
 
 def _json_float(v: float) -> float | str:

@@ -91,7 +91,8 @@ def train_and_compile(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Replay, train both Q_θ objectives, keep the better, compile + calibrate the table."""
-    from carboncp.tooling.evaluate import cost_model_of, make_replay
+    from carboncp.runtime.costs import cost_model_of
+    from carboncp.tooling.evaluate import make_replay
     from carboncp.tooling.qnet import train_q
     from carboncp.tooling.table_build import (
         DEFAULT_CELL_BUDGET,

@@ -25,11 +25,8 @@ from carboncp.runtime.conformal import (
     check_alpha,
     split_threshold,
 )
-from carboncp.runtime.costs import CostModel
-from carboncp.runtime.errors import BundleError
-from carboncp.runtime.objective import Objective
+from carboncp.runtime.costs import CostModel, cost_model_of
 from carboncp.runtime.policy import TablePolicy
-from carboncp.runtime.profile import load_profile
 from carboncp.runtime.table import Table
 from carboncp.runtime.traces import load_bandwidth_trace, load_carbon_csv
 from carboncp.tooling.contexts import build_replay
@@ -62,17 +59,6 @@ ALPHA_GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
 def _say(msg: str, progress: bool) -> None:
     if progress:
         print(msg, file=sys.stderr, flush=True)
-
-
-def cost_model_of(bundle: Bundle) -> CostModel:
-    obj = bundle.section("objective")
-    if obj is None:
-        raise BundleError(
-            f"{bundle.path}: no 'objective' section; run 'carboncp build' (or 'carboncp profile')"
-        )
-    return CostModel(
-        load_profile(bundle), Objective.from_dict(obj, where=f"{bundle.path}/objective")
-    )
 
 
 def make_replay(

@@ -1,7 +1,8 @@
 """Show what a bundle holds: the model, the partition table (per partition p: cut name, what
 crosses the link (dtype, shape, bytes), artifact sizes, verification error of head + tail
 against the full model per format, float16-wire error), and the sections later steps added.
-The bundle is verified (format version, every file's size and sha256) before it is shown.
+The bundle is verified (format version, every file's size and sha256, and that the profile,
+objective and table sections load) before it is shown.
 
 Example:
   carboncp inspect models/resnet18
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from carboncp.runtime.bundle import Bundle
 
     bundle = Bundle.load(args.bundle, verify=not args.no_verify)
+    bundle.check_sections()
     m = bundle.manifest
     model = m["model"]
     weights = model.get("weights", {})

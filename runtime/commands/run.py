@@ -130,12 +130,9 @@ def cost_model_of(bundle: Any) -> Any:
     """The bundle's CostModel (profile + the objective it was built for), or None."""
     if bundle.section("profile") is None:
         return None
-    from carboncp.runtime.costs import CostModel
-    from carboncp.runtime.objective import Objective
-    from carboncp.runtime.profile import load_profile
+    from carboncp.runtime.costs import cost_model_of as bundle_cost_model
 
-    obj = bundle.section("objective")
-    return CostModel(load_profile(bundle), Objective.from_dict(obj) if obj else Objective())
+    return bundle_cost_model(bundle, objective_required=False)
 
 
 def iter_inputs(source: str, count: int, shape: tuple[int, ...], seed: int = 0) -> Iterator[Any]:

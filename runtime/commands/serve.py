@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
     token = args.token or os.environ.get("CARBONCP_SERVER_TOKEN") or None
     bundle = Bundle.load(args.bundle)
+    bundle.check_sections()  # the devices decide from them: a corrupt one is a bad deployment
     service = TailService(bundle, executorch_tails(bundle), max_concurrency=args.max_concurrency)
     try:
         httpd = EdgeHTTPServer(
