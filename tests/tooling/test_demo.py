@@ -1,10 +1,14 @@
 """`carboncp demo` end to end on the tiny bundle: build (quick), broker, server subprocess,
-carbon replay over MQTT, the real runtime for mode A and the baselines, summary and plot."""
+carbon replay over MQTT, the real runtime for mode A and the baselines, summary and plot;
+decisions that change with carbon and with the link, each change put down to its cause."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
+import numpy as np
 import pytest
 from carboncp.runtime.bundle import Bundle
 
@@ -12,35 +16,86 @@ from tests.support.mosquitto import require_mosquitto
 
 pytestmark = pytest.mark.slow
 
+RPI4 = Path(__file__).resolve().parents[2] / "tooling" / "device_profiles" / "rpi4.toml"
+
+
+def slow_device_profile(tmp_path: Path) -> Path:
+    """The rpi4 profile with the tiny net pinned to 90 ms on the device and 10 ms on the
+    server (as ResNet-18 on a Pi and on an edge server): on the real rpi4 profile the tiny net
+    runs in about a millisecond, so local execution wins in every context and nothing could
+    change. Pinned (reference_model = the bundle's model) rather than scaled, so that the
+    costs do not depend on how busy this machine is while it profiles."""
+    text = RPI4.read_text()
+    text = text.replace('reference_model = "resnet18"', 'reference_model = "tiny_net"')
+    text = re.sub(
+        r"(?m)^reference_full_model_ms = 123\.12$", "reference_full_model_ms = 90.0", text
+    )
+    text = re.sub(r"(?m)^reference_full_model_ms = 8\.2$", "reference_full_model_ms = 10.0", text)
+    text = text.replace('name = "rpi4"', 'name = "slow-test-device"')
+    assert text.count('"tiny_net"') == 2 and "= 90.0" in text and "= 10.0" in text
+    path = tmp_path / "slow-device.toml"
+    path.write_text(text)
+    return path
+
 
 def test_demo_on_the_tiny_bundle(tiny_bundle_copy, tmp_path, capsys):
     require_mosquitto()
     pytest.importorskip("matplotlib", reason="matplotlib (tooling extra) draws demo.png")
-    from carboncp.tooling.demo import DemoConfig, run_demo
+    from carboncp.tooling.demo import CAUSES, DemoConfig, run_demo
 
+    steps = 32
     cfg = DemoConfig(
-        out_dir=tmp_path / "out", bundle=tiny_bundle_copy, model="tiny_net", steps=16, hours=8,
-        extra={"quick_profile": True, "days": 7, "max_epochs": 2}, progress=False,
+        out_dir=tmp_path / "out", bundle=tiny_bundle_copy, model="tiny_net", steps=steps,
+        hours=96, scale=None, device_profile=slow_device_profile(tmp_path), bandwidth_passes=1,
+        extra={"quick_profile": True, "days": 14, "max_epochs": 5}, progress=False,
     )  # fmt: skip
     summary = run_demo(cfg)
     b = Bundle.load(tiny_bundle_copy)
     assert b.section("table") is not None  # built on the first run ...
-    assert (tiny_bundle_copy / "demo-build.json").is_file()
+    marker = json.loads((tiny_bundle_copy / "demo-build.json").read_text())
+    assert marker["settings"]["scale"] == "auto" and marker["scale_used"] == summary["scale"]
+    # the device's zone (GB) and the server's (DE-LU) are the table's training traces
+    build = b.section("table")["meta"]["build"]
+    assert "GB_" in build["device_carbon"] and "DE-LU_" in build["server_carbon"]
     pols = summary["policies"]
     assert set(pols) == {"A", "local", "server"}
-    assert all(p["inferences"] == 16 for p in pols.values())
+    assert all(p["inferences"] == steps for p in pols.values())
     assert pols["local"]["offloaded_share"] == 0.0 and pols["local"]["carbon_vs_local"] == 1.0
-    assert pols["server"]["partition_counts"][0] == 16
+    assert pols["server"]["partition_counts"][0] == steps
+
+    # The scenario the cost model chose expects several carbon-driven changes in the window
+    # (a property of the analysis, not of this run) ...
+    assert summary["scenario"]["expected_carbon_changes"] >= 3.0
+    # ... and mode A's decisions do change, some moved by carbon, some by the link.
+    recs = {}
     for name in pols:
         lines = (cfg.out_dir / f"records-{name}.jsonl").read_text().splitlines()
-        recs = [json.loads(line) for line in lines]
-        assert len(recs) == 16
-        assert all(r["carbon_state"] == {"DE-LU": "live", "GB": "live"} for r in recs)
+        recs[name] = [json.loads(line) for line in lines]
+        assert len(recs[name]) == steps
+        assert all(r["carbon_state"] == {"GB": "live", "DE-LU": "live"} for r in recs[name])
+    parts = np.array([r["partition"] for r in recs["A"]])
+    assert len(set(parts.tolist())) >= 2, parts
+    by = pols["A"]["changes_by"]
+    assert set(CAUSES) <= set(by)
+    assert sum(by.values()) == pols["A"]["decision_changes"] == int(np.sum(parts[1:] != parts[:-1]))
+    assert by["carbon"] >= 1 and by["link"] >= 1, by
+    # a carbon-driven change happens at a step where carbon moved; a link-driven one where the
+    # link estimate moved (the attribution re-decides with one of them undone)
+    ctx = [r["seen"] for r in recs["A"]]
+    carbon_keys = ("device_gco2_per_kwh", "server_gco2_per_kwh")
+    moved_carbon = [any(ctx[k][f] != ctx[k - 1][f] for f in carbon_keys) for k in range(1, steps)]
+    moved_link = [ctx[k]["bandwidth_mbps"] != ctx[k - 1]["bandwidth_mbps"] for k in range(1, steps)]
+    assert sum(moved_carbon) >= by["carbon"] and sum(moved_link) >= by["link"]
+    assert "changes_by" not in pols["local"] or not pols["local"]["changes_by"]
+
     assert (cfg.out_dir / "demo.png").stat().st_size > 10_000
     assert json.loads((cfg.out_dir / "summary.json").read_text())["policies"].keys() == pols.keys()
     out = capsys.readouterr().out
-    assert "emulated Raspberry Pi 4" in out and "x 15" in out
+    assert "emulated slow-test-device device" in out
+    assert f"x {summary['scale']:g}" in out
+    assert re.search(r"A: \d+ decision changes: caused by carbon \d+, by the link \d+", out)
     # ... and reused, not rebuilt, on the second run
     cfg.steps = 4
     again = run_demo(cfg)
     assert again["policies"]["A"]["inferences"] == 4
+    assert again["scale"] == summary["scale"]
