@@ -176,6 +176,19 @@ class DeviceLoop:
         self.count = 0
         self.counters: dict[str, int] = {"offloaded": 0, "local": 0, "fallback": 0}
         self._carbon_last: dict[str, float] = {}
+        self._faults: list[str] = []  # this inference's guarded faults (decision_flags)
+        self.faults: dict[str, int] = {}  # counts per part over the run
+
+    def _guard(self, part: str, fn: Callable[[], Any], default: Any) -> Any:
+        """fn(), or `default` when it raises: a faulty load sampler, meter, cost model, probe
+        or bandwidth oracle degrades the record (flagged '<part>_error:<Type>'), never the
+        answer."""
+        try:
+            return fn()
+        except Exception as exc:
+            self._faults.append(f"{part}_error:{type(exc).__name__}")
+            self.faults[part] = self.faults.get(part, 0) + 1
+            return default
 
     # -- context ------------------------------------------------------------------------
     def _carbon(self, zone: str) -> tuple[float, str]:
@@ -196,10 +209,17 @@ class DeviceLoop:
     def _battery(self) -> tuple[float, str]:
         reading = None
         if self.meter is not None:
-            reading = self.meter.latest()
-        if reading is not None and reading.soc_pct is not None and math.isfinite(reading.soc_pct):
-            return float(reading.soc_pct), "measured"
+            reading = self._guard("meter", self.meter.latest, None)
+        soc = getattr(reading, "soc_pct", None)
+        if isinstance(soc, (int, float)) and math.isfinite(soc):
+            return float(soc), "measured"
         return self.battery_pct, "modelled"
+
+    def _device_load(self) -> float:
+        u = float(self.load())
+        if not math.isfinite(u):
+            raise ValueError(f"device load {u}")
+        return min(1.0, max(0.0, u))
 
     def read_context(self) -> tuple[Context, dict[str, str]]:
         est = self.estimator.estimate()
@@ -209,7 +229,7 @@ class DeviceLoop:
         ctx = Context(
             bandwidth_mbps=est.bandwidth_mbps,
             rtt_ms=est.rtt_ms,
-            device_load=float(self.load()),
+            device_load=self._guard("load", self._device_load, 0.0),
             server_load=self.server_load,
             device_gco2_per_kwh=i_d,
             server_gco2_per_kwh=i_s,
@@ -223,18 +243,27 @@ class DeviceLoop:
         t_start = clock()
         t_start_mono = time.monotonic()
         wall = time.time()
+        self._faults = []
         probe_ms = None
         if self.client is not None and self.cfg.probe_after_s is not None:
             p_idle = self.cfg.p_idle_mw or getattr(
                 getattr(self.cost_model, "profile", None), "p_idle_mw", 0.0
             )
-            if self.estimator.maybe_probe(self.client.probe, self.cfg.probe_after_s, p_idle):
+            client, after_s = self.client, self.cfg.probe_after_s
+            if self._guard(
+                "probe", lambda: self.estimator.maybe_probe(client.probe, after_s, p_idle), False
+            ):
                 probe_ms = (clock() - t_start) * 1000.0
         seen, carbon_state = self.read_context()
         try:
             decision = self.policy.decide(seen)
-            if not 0 <= decision.partition <= self.P:
-                raise ValueError(f"partition {decision.partition} outside 0..{self.P}")
+            p = decision.partition
+            if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 0 <= p <= self.P:
+                raise ValueError(f"partition {p!r} is not an integer in 0..{self.P}")
+            decision = Decision(
+                int(p), tuple(int(c) for c in decision.candidates), decision.mode,
+                decision.cell, tuple(decision.flags),
+            )  # fmt: skip
         except Exception as exc:
             decision = Decision(
                 self.P, (self.P,), self.cfg.mode, None, (f"policy_error:{type(exc).__name__}",)
@@ -247,18 +276,19 @@ class DeviceLoop:
         fallbacks: list[str] = []
         wasted_s = 0.0
         result: OffloadResult | None = None
-        true_bw = self.true_bandwidth() if self.true_bandwidth is not None else None
+        true_bw = (
+            self._guard("true_bandwidth", self.true_bandwidth, None)
+            if self.true_bandwidth is not None
+            else None
+        )
 
         try:
             a = x if p == 0 else self.head.run(p, x)
         except Exception as exc:
-            if p == self.P:
-                raise  # nothing left to fall back to: the caller sees the runner's error
             fallbacks.append(f"head_error:{type(exc).__name__}")
-            p = self.P
+            p, a = self._head_fallback(p, x, fallbacks)
             decision = Decision(p, decision.candidates, decision.mode, decision.cell,
                                 (*decision.flags, "head_error"))  # fmt: skip
-            a = self.head.run(p, x)
         t_head = clock()
         phases["head"] = (t_head - t_decided) * 1000.0
         output: np.ndarray
@@ -274,8 +304,12 @@ class DeviceLoop:
                 self.server_load = result.server_load
                 self.estimator.update(result.bandwidth_mbps, result.rtt_ms)
                 self.counters["offloaded"] += 1
-            except OffloadError as exc:
-                kind = getattr(exc, "kind", "unavailable")
+            except Exception as exc:  # any client fault: finish locally, lose nothing
+                kind = (
+                    getattr(exc, "kind", "unavailable")
+                    if isinstance(exc, OffloadError)
+                    else f"client_error:{type(exc).__name__}"
+                )
                 fallbacks.append(kind)
                 wasted_s = float(getattr(exc, "elapsed_s", 0.0))
                 if kind in ABANDON_KINDS:
@@ -304,9 +338,13 @@ class DeviceLoop:
             battery_pct=seen.battery_pct,
         )
         with_fallback = bool(fallbacks)
-        model = self._model(p, realised, with_fallback)
-        energy_j, energy_flags = self._energy(t_start_mono, phases, p, result, wasted_s, model)
-        if energy_j is not None and self.cost_model is not None:
+        model = self._guard("cost_model", lambda: self._model(p, realised, with_fallback), None)
+        energy_j, energy_flags = self._guard(
+            "energy",
+            lambda: self._energy(t_start_mono, phases, p, result, wasted_s, model),
+            (None, ["no_energy"]),
+        )
+        if energy_j is not None and model is not None:
             self.battery_pct = max(
                 0.0,
                 self.battery_pct - 100.0 * energy_j / (3600.0 * self.cost_model.profile.battery_wh),
@@ -337,7 +375,7 @@ class DeviceLoop:
             candidates=[int(c) for c in decision.candidates],
             mode=decision.mode,
             cell=decision.cell,
-            decision_flags=list(decision.flags),
+            decision_flags=[*decision.flags, *self._faults],
             seen=asdict(seen),
             realised=asdict(realised),
             latency_ms=latency_ms,
@@ -371,6 +409,21 @@ class DeviceLoop:
             self.log.write(rec.to_json() + "\n")
             self.log.flush()
         return rec
+
+    def _head_fallback(self, p: int, x: np.ndarray, fallbacks: list[str]) -> tuple[int, np.ndarray]:
+        """After the head of partition p failed: the full model on the device, else (it failed
+        too, or p was already P) the whole model on the server from the image (p = 0). With
+        no server left either, the runner's error reaches the caller: nothing can answer."""
+        if p != self.P:
+            try:
+                return self.P, self.head.run(self.P, x)
+            except Exception as exc:
+                if self.client is None:
+                    raise
+                fallbacks.append(f"head_error:{type(exc).__name__}")
+        elif self.client is None:
+            raise  # the runner's own error (this runs inside the caller's except block)
+        return 0, x
 
     def _finish_locally(
         self, p: int, a: np.ndarray, x: np.ndarray, fallbacks: list[str]
