@@ -91,12 +91,23 @@ def zone_from_topic(topic: str) -> str:
     return zone
 
 
+def _to_float(value: Any, reason: str, what: str) -> float:
+    """float(value) for a JSON number or numeric text; anything else (including an integer
+    too large for a float, which JSON allows) is a PayloadError, never a bare exception."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise PayloadError("type", f"{what} must be a number, got {type(value).__name__}")
+    try:
+        return float(value)
+    except (ValueError, OverflowError) as exc:
+        raise PayloadError(reason, f"{what}={str(value)[:40]!r} is not a number") from exc
+
+
 def parse_ts(value: Any, what: str = "ts") -> float:
     """ISO 8601 (naive = UTC) or epoch seconds -> epoch seconds."""
     if isinstance(value, bool):
         raise PayloadError("bad_ts", f"{what} is a boolean")
     if isinstance(value, (int, float)):
-        t = float(value)
+        t = _to_float(value, "bad_ts", what)
     elif isinstance(value, str) and 0 < len(value) <= 64:
         try:
             t = float(value)
@@ -116,12 +127,7 @@ def parse_ts(value: Any, what: str = "ts") -> float:
 
 
 def check_value(value: Any, what: str = "gco2_per_kwh") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise PayloadError("type", f"{what} must be a number, got {type(value).__name__}")
-    try:
-        v = float(value)
-    except (ValueError, OverflowError) as exc:
-        raise PayloadError("parse", f"{what}={str(value)[:40]!r} is not a number") from exc
+    v = _to_float(value, "parse", what)
     if not math.isfinite(v):
         raise PayloadError("nan", f"{what} is {v}")
     if not 0.0 <= v <= MAX_GCO2_PER_KWH:
@@ -229,12 +235,7 @@ def _adapt(doc: Any, topic_zone: str | None) -> dict[str, Any]:
 
 
 def _lbs(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise PayloadError("type", "moer must be a number")
-    try:
-        return float(v) * LBS_PER_MWH_TO_G_PER_KWH
-    except (ValueError, OverflowError) as exc:
-        raise PayloadError("parse", f"moer {str(v)[:30]!r} is not a number") from exc
+    return _to_float(v, "parse", "moer") * LBS_PER_MWH_TO_G_PER_KWH
 
 
 def parse_carbon_payload(
