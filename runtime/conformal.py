@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from carboncp.runtime.checks import check_number
 from carboncp.runtime.errors import ConfigError
 
 INF = float("inf")
@@ -36,9 +37,10 @@ def check_alpha(alpha: float, key: str = "alpha") -> float:
         raise ConfigError(
             f"{key}={alpha!r} is not a number; use a value in (0, 1), e.g. 0.1"
         ) from exc
-    if not (0.0 < a < 1.0) or not math.isfinite(a):
-        raise ConfigError(f"{key}={alpha!r} is outside (0, 1); use a value such as 0.1")
-    return a
+    try:
+        return check_number(a, key, lo=0, hi=1, lo_open=True, hi_open=True)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; use a value such as 0.1") from None
 
 
 def conformal_rank(n: int, alpha: float) -> int:

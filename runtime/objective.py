@@ -8,12 +8,12 @@ Changing it means relabelling and recalibrating.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from carboncp.runtime.checks import check_number
 from carboncp.runtime.context import CONTEXT_FIELDS
 from carboncp.runtime.errors import ConfigError
 
@@ -209,14 +209,7 @@ def load_objective(path: str | Path | None) -> Objective:
 
 
 def _num(obj: Objective, key: str, lo: float, lo_open: bool = False, none_ok: bool = False) -> None:
-    v = getattr(obj, key)
-    if v is None and none_ok:
-        return
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigError(f"key '{key}' must be a number, got {v!r}")
-    if not math.isfinite(v) or v < lo or (lo_open and v == lo):
-        op = ">" if lo_open else ">="
-        raise ConfigError(f"key '{key}' must be finite and {op} {lo}, got {v!r}")
+    check_number(getattr(obj, key), f"key '{key}'", lo=lo, lo_open=lo_open, none_ok=none_ok)
 
 
 def _validate(o: Objective) -> None:
@@ -226,9 +219,7 @@ def _validate(o: Objective) -> None:
         raise ConfigError("keys 'w_carbon', 'w_latency', 'w_battery': at least one must be > 0")
     for key in ("slo_ms", "deadline_ms", "early_abandon_ms", "server_marginal_mw"):
         _num(o, key, 0.0, lo_open=True, none_ok=True)
-    _num(o, "battery_low_pct", 0.0, lo_open=True)
-    if o.battery_low_pct > 100:
-        raise ConfigError(f"key 'battery_low_pct' must be in (0, 100], got {o.battery_low_pct}")
+    check_number(o.battery_low_pct, "key 'battery_low_pct'", lo=0, hi=100, lo_open=True)
     _num(o, "radio_cap_mbps", 0.0, lo_open=True)
     if o.radio not in RADIO_MODELS:
         raise ConfigError(f"key 'radio' must be one of {sorted(RADIO_MODELS)}, got {o.radio!r}")
@@ -250,13 +241,10 @@ def _validate(o: Objective) -> None:
         _num(o, "device_fixed_gco2_per_kwh", 0.0)
     else:
         _num(o, "device_fixed_gco2_per_kwh", 0.0, none_ok=True)
-    if isinstance(o.alpha, bool) or not isinstance(o.alpha, (int, float)) or not 0 < o.alpha < 1:
-        raise ConfigError(f"key 'alpha' must be in (0, 1), got {o.alpha!r}")
+    check_number(o.alpha, "key 'alpha'", lo=0, hi=1, lo_open=True, hi_open=True)
     if not isinstance(o.reference, dict):
         raise ConfigError("key 'reference' must be a table of context fields")
     for f in CONTEXT_FIELDS:
-        v = o.reference.get(f)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ConfigError(f"key 'reference.{f}' must be a finite number >= 0, got {v!r}")
+        check_number(o.reference.get(f), f"key 'reference.{f}'", lo=0)
     if o.reference["device_gco2_per_kwh"] <= 0 and o.device_carbon == "live":
         raise ConfigError("key 'reference.device_gco2_per_kwh' must be > 0 (it normalises carbon)")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from carboncp.runtime.checks import check_number
 from carboncp.runtime.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -30,6 +31,22 @@ MODES = ("A", "M", "R")
 BACKENDS = ("litert", "executorch")
 _POLICY_RE = re.compile(r"^(table|argmin|local|server|fixed:\d+)$")
 _ZONE_RE = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
+# Numeric settings' ranges (check_number keywords); None stays allowed where the default is.
+_RANGES: dict[str, dict[str, Any]] = {
+    "count": {"lo": 1},
+    "seed": {"lo": 0},  # numpy's generators take no negative seed
+    "interval_s": {"lo": 0, "hi": 86400},  # a day: beyond it the sleep overflows the clock
+    "shape_rtt_ms": {"lo": 0},
+    "carbon_fallback_gco2_per_kwh": {"lo": 0},
+    "shape_scale": {"lo": 0, "lo_open": True},
+    "power_rate_hz": {"lo": 0, "hi": 10000, "lo_open": True},  # INA219 converts at <= 2 kHz
+    "carbon_ttl_s": {"lo": 0, "lo_open": True},
+    "deadline_ms": {"lo": 0, "lo_open": True},
+    "probe_after_s": {"lo": 0, "lo_open": True},
+    "device_load": {"lo": 0, "hi": 1},
+    "battery_pct": {"lo": 0, "hi": 100},
+    "alpha": {"lo": 0, "hi": 1, "lo_open": True, "hi_open": True},
+}
 
 
 @dataclass
@@ -155,24 +172,11 @@ def _validate(s: RunSettings, origin: dict[str, str]) -> None:
         raise bad("policy", f"{s.policy!r} must be table, argmin, local, server or fixed:P")
     if s.backend not in BACKENDS:
         raise bad("backend", f"{s.backend!r} is not one of {BACKENDS}")
-    if s.count < 1:
-        raise bad("count", f"must be >= 1, got {s.count}")
-    for key in ("interval_s", "shape_rtt_ms", "carbon_fallback_gco2_per_kwh"):
-        if getattr(s, key) < 0:
-            raise bad(key, f"must be >= 0, got {getattr(s, key)}")
-    for key in ("shape_scale", "power_rate_hz", "carbon_ttl_s"):
-        if not getattr(s, key) > 0:
-            raise bad(key, f"must be > 0, got {getattr(s, key)}")
-    if s.deadline_ms is not None and not s.deadline_ms > 0:
-        raise bad("deadline_ms", f"must be > 0, got {s.deadline_ms}")
-    if s.probe_after_s is not None and not s.probe_after_s > 0:
-        raise bad("probe_after_s", f"must be > 0, got {s.probe_after_s}")
-    if s.device_load is not None and not 0 <= s.device_load <= 1:
-        raise bad("device_load", f"must be in [0, 1], got {s.device_load}")
-    if not 0 <= s.battery_pct <= 100:
-        raise bad("battery_pct", f"must be in [0, 100], got {s.battery_pct}")
-    if s.alpha is not None and not 0 < s.alpha < 1:
-        raise bad("alpha", f"must be in (0, 1), got {s.alpha}")
+    for key, rule in _RANGES.items():
+        try:
+            check_number(getattr(s, key), "value", none_ok=True, **rule)
+        except ConfigError as exc:
+            raise bad(key, str(exc).removeprefix("value ")) from None
     for key in ("device_zone", "server_zone"):
         if not _ZONE_RE.match(getattr(s, key)):
             raise bad(key, f"{getattr(s, key)!r} is not a zone name (letters, digits, - and _)")

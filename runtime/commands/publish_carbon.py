@@ -74,10 +74,10 @@ def replay_trace(
     `replay_clock` (a carbon_signals.ReplayClock shared with the receivers, as in the demo)
     hour i goes out when that clock reaches t_i, so publisher and receivers agree on trace
     time exactly. `stop` ends the replay early (the demo runs this in a thread)."""
+    from carboncp.runtime.checks import check_number
     from carboncp.runtime.errors import ConfigError
 
-    if speed < 0:
-        raise ConfigError(f"--speed must be >= 0, got {speed}")
+    check_number(speed, "--speed", lo=0)
     zone = zone or trace.zone
     if start_s is None and replay_clock is not None:
         start_s = replay_clock.start_s

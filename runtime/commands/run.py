@@ -194,6 +194,7 @@ def assemble(settings: Any, carbon: Any = None) -> Iterator[tuple[Any, Iterator[
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from carboncp.runtime.bandwidth import BandwidthEstimator
     from carboncp.runtime.bundle import Bundle
+    from carboncp.runtime.errors import ConfigError
     from carboncp.runtime.loop import DeviceLoop, LoadSampler, LoopConfig, StaticCarbon
     from carboncp.runtime.offload import OffloadClient
     from carboncp.runtime.runners import make_runner
@@ -242,7 +243,12 @@ def assemble(settings: Any, carbon: Any = None) -> Iterator[tuple[Any, Iterator[
         deadline_ms = settings.deadline_ms or (cost_model.deadline if cost_model else 1000.0)
         log = None
         if settings.log:
-            log = stack.enter_context(open(settings.log, "a", encoding="utf-8"))
+            try:
+                log = stack.enter_context(open(settings.log, "a", encoding="utf-8"))
+            except OSError as exc:
+                raise ConfigError(
+                    f"setting 'log': cannot open {settings.log} for appending ({exc.strerror})"
+                ) from None
         loop = DeviceLoop(
             bundle,
             policy,

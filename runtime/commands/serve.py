@@ -34,13 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch's pool fights XNNPACK otherwise
     from carboncp.runtime.bundle import Bundle
+    from carboncp.runtime.checks import check_number
     from carboncp.runtime.errors import ConfigError
     from carboncp.runtime.server import EdgeHTTPServer, TailService, executorch_tails, warm_up
 
-    if args.max_concurrency < 1:
-        raise ConfigError(f"--max-concurrency must be >= 1, got {args.max_concurrency}")
-    if not args.max_body_mb > 0:
-        raise ConfigError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
+    check_number(args.max_concurrency, "--max-concurrency", lo=1)
+    check_number(args.max_body_mb, "--max-body-mb", lo=0, lo_open=True, hi=4096)
+    check_number(args.port, "--port", lo=0, hi=65535)
     token = args.token or os.environ.get("CARBONCP_SERVER_TOKEN") or None
     bundle = Bundle.load(args.bundle)
     bundle.check_sections()  # the devices decide from them: a corrupt one is a bad deployment

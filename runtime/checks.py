@@ -1,0 +1,51 @@
+"""Range checks of configuration numbers: one rule and one message for TOML keys (the
+objective, `carboncp run` settings) and command-line flags (every command)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from carboncp.runtime.errors import ConfigError
+
+
+def check_number(
+    value: Any,
+    key: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    integer: bool = False,
+    none_ok: bool = False,
+) -> Any:
+    """`value` if it is a finite number (an integer when `integer`) within [lo, hi] (open ends
+    where asked), else a ConfigError naming `key`. None passes when `none_ok`."""
+    if value is None and none_ok:
+        return None
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be {kind}, got {value!r}")
+    if integer and not (isinstance(value, int) or (math.isfinite(value) and value.is_integer())):
+        raise ConfigError(f"{key} must be {kind}, got {value!r}")
+    bad = not math.isfinite(value)
+    if lo is not None:
+        bad = bad or value < lo or (lo_open and value == lo)
+    if hi is not None:
+        bad = bad or value > hi or (hi_open and value == hi)
+    if bad:
+        raise ConfigError(
+            f"{key} must be finite and {_range(lo, hi, lo_open, hi_open)}, got {value!r}"
+        )
+    return int(value) if integer else value
+
+
+def _range(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo:g}"
+    if hi is not None:
+        return f"{'<' if hi_open else '<='} {hi:g}"
+    return "a real number"

@@ -1,0 +1,64 @@
+"""check_number: the one range rule behind TOML keys and command-line flags; and the
+settings and commands that use it refuse NaN, infinities, negative counts/seeds, bad ports."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from carboncp.runtime.checks import check_number
+from carboncp.runtime.cli import main as cli_main
+from carboncp.runtime.errors import ConfigError
+from carboncp.runtime.settings import load_settings
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        (math.nan, {}), (math.inf, {"lo": 0}), (-math.inf, {}), ("3", {}), (True, {}), (None, {}),
+        (-1, {"lo": 0}), (0, {"lo": 0, "lo_open": True}), (1, {"hi": 1, "hi_open": True}),
+        (2.5, {"integer": True}), (101, {"lo": 0, "hi": 100}),
+    ],
+)  # fmt: skip
+def test_refused_values_name_the_key(value, rule) -> None:
+    with pytest.raises(ConfigError, match=r"^--knob must be"):
+        check_number(value, "--knob", **rule)
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [(0, {"lo": 0}), (1e-9, {"lo": 0, "lo_open": True}), (100, {"lo": 0, "hi": 100}),
+     (3.0, {"integer": True}), (None, {"none_ok": True})],
+)  # fmt: skip
+def test_accepted_values_come_back(value, rule) -> None:
+    got = check_number(value, "--knob", **rule)
+    assert got == value and (not rule.get("integer") or isinstance(got, int))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("seed", -1), ("interval_s", 1e300), ("power_rate_hz", 1e9), ("alpha", 1.0),
+     ("count", 0), ("device_load", 1.5), ("deadline_ms", 0.0), ("battery_pct", -1.0)],
+)  # fmt: skip
+def test_run_settings_out_of_range(tmp_path, key, value) -> None:
+    with pytest.raises(ConfigError, match=f"setting '{key}'"):
+        load_settings(None, {"bundle": str(tmp_path), key: value})
+
+
+def test_run_log_in_a_missing_folder_is_a_config_error(tiny_bundle, tmp_path, capsys) -> None:
+    log = tmp_path / "no" / "such" / "run.jsonl"
+    argv = ["run", "--bundle", str(tiny_bundle), "--policy", "local", "--count", "1"]
+    assert cli_main([*argv, "--log", str(log), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "setting 'log'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--port", "70000"], ["--port", "-1"], ["--max-body-mb", "inf"], ["--max-body-mb", "nan"],
+     ["--max-concurrency", "0"]],
+)  # fmt: skip
+def test_serve_flags_out_of_range(tmp_path, capsys, flags) -> None:
+    assert cli_main(["serve", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert flags[0] in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
