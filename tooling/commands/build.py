@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 
+from carboncp.tooling.commands.replay_args import add_replay_arguments, check_replay_arguments
+
 HELP = "export, profile, train Q_θ, calibrate and compile the threshold table into a bundle"
 
 
@@ -45,17 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--bandwidth", metavar="TRACE", help="throughput trace (time_s, Mbit/s)")
     parser.add_argument(
-        "--alpha", type=float, default=0.1, help="miscoverage α in (0, 1) (default 0.1)"
-    )
-    parser.add_argument(
         "--objective", metavar="TOML", help="objective config (weights, SLO, deadline, radio)"
     )
-    parser.add_argument(
-        "--events-per-hour", type=int, default=12, help="replay events per hour (default 12)"
-    )
-    parser.add_argument(
-        "--days", type=float, default=None, help="use only the first DAYS of the traces"
-    )
+    add_replay_arguments(parser, 0.1, "miscoverage α in (0, 1) (default 0.1)")
     parser.add_argument(
         "--reuse-profile",
         action="store_true",
@@ -67,15 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="keep this Q_θ objective (default auto: the better on held-out carbon and SLO)",
     )
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
-    from carboncp.runtime.conformal import check_alpha
     from carboncp.tooling.build import build_bundle
 
-    check_alpha(args.alpha, "--alpha")
+    check_replay_arguments(args)
     out = build_bundle(
         model=args.model,
         out=args.out,

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 
+from carboncp.tooling.commands.replay_args import add_replay_arguments, check_replay_arguments
+
 HELP = "replay real traces through CarbonCP and the baselines; metrics.json and plots"
 
 
@@ -40,9 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bandwidth", required=True, metavar="TRACE", help="throughput trace (time_s, Mbit/s)"
     )
     parser.add_argument(
-        "--alpha", type=float, default=None, help="miscoverage α in (0, 1) (default: the bundle's)"
-    )
-    parser.add_argument(
         "--calibrate-device-carbon",
         metavar="CSV",
         help="calibrate on this device zone instead (shift)",
@@ -55,27 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME|FILE",
         help="re-profile the bundle for this device first (rewrites its profile section; the table is recalibrated, not retrained)",
     )
-    parser.add_argument(
-        "--events-per-hour", type=int, default=12, help="inference events per hour (default 12)"
-    )
-    parser.add_argument(
-        "--days",
-        type=float,
-        default=None,
-        help="replay only the first DAYS of the traces' common period",
-    )
-    parser.add_argument("--seed", type=int, default=0)
+    add_replay_arguments(parser, None, "miscoverage α in (0, 1) (default: the bundle's)")
     parser.add_argument("--no-plots", action="store_true", help="metrics.json only")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
-    from carboncp.runtime.conformal import check_alpha
     from carboncp.tooling.evaluate import evaluate, format_table
 
-    if args.alpha is not None:
-        check_alpha(args.alpha, "--alpha")
+    check_replay_arguments(args)
     if args.device_profile:
         from carboncp.tooling.profile import profile_bundle
 

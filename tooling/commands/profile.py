@@ -67,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # ExecuTorch timings scatter otherwise
+    from carboncp.runtime.checks import check_number
     from carboncp.tooling.profile import plot_profile, profile_bundle
+
+    check_number(args.repeats, "--repeats", lo=1, integer=True)
 
     prof = profile_bundle(
         args.bundle,
