@@ -181,7 +181,7 @@ class OffloadClient:
             raise OffloadFailed(kind, f"HTTP {status}: {_error_text(body)}", elapsed, sent)
         try:
             y, params = self._decode_response(headers, body)
-        except (wire.WireFormatError, ValueError) as exc:
+        except (wire.WireFormatError, ValueError, TypeError) as exc:  # e.g. "data": {...}
             raise OffloadFailed("bad_response", str(exc), elapsed, sent) from None
         server_ms = _finite(params.get("server_ms"), 0.0)
         server_load = min(1.0, max(0.0, _finite(params.get("server_load"), 0.0)))
@@ -329,7 +329,7 @@ class OffloadClient:
 def _finite(v: object, default: float) -> float:
     try:
         f = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON int past 1e308
         return default
     return f if np.isfinite(f) else default
 
@@ -337,5 +337,5 @@ def _finite(v: object, default: float) -> float:
 def _error_text(body: bytes) -> str:
     try:
         return str(json.loads(body.decode("utf-8")).get("error", ""))[:300]
-    except (UnicodeDecodeError, ValueError, AttributeError):
+    except (UnicodeDecodeError, ValueError, AttributeError, RecursionError):
         return body[:200].decode("latin-1", "replace")

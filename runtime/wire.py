@@ -128,6 +128,8 @@ def parse_json_header(raw: bytes | memoryview) -> dict[str, Any]:
         obj = json.loads(bytes(raw).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WireFormatError(f"JSON header is not valid UTF-8 JSON ({exc})") from None
+    except RecursionError:  # "[[[[...": nested deeper than the parser's stack
+        raise WireFormatError("JSON header is nested too deeply") from None
     if not isinstance(obj, dict):
         raise WireFormatError("JSON header must be an object")
     return obj
