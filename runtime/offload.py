@@ -119,12 +119,7 @@ class OffloadClient:
             except OSError as exc:
                 kind = "timeout" if isinstance(exc, TimeoutError) else "unreachable"
                 raise OffloadFailed(kind, f"{self.url}: {exc}", time.monotonic() - t0) from None
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            rtt_ms = (time.monotonic() - t0) * 1000.0
-            if self.shaper is not None:
-                self.shaper.delay_rtt(deadline)
-                rtt_ms += self.shaper.rtt_ms
-                self.shaper.begin()
+            rtt_ms = self._link_up(sock, t0, deadline)
             t_send = time.monotonic()
             total = len(payload)
             while sent < total:
@@ -198,6 +193,17 @@ class OffloadClient:
             server_load=server_load,
             bandwidth_mbps=8.0 * len(data) / transfer_s / 1e6,
         )
+
+    def _link_up(self, sock: socket.socket, t0: float, deadline: float) -> float:
+        """A connected socket ready to send over the (shaped) link; returns the RTT in ms:
+        the TCP handshake since t0, plus the shaper's emulated RTT when one paces the link."""
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        rtt_ms = (time.monotonic() - t0) * 1000.0
+        if self.shaper is not None:
+            self.shaper.delay_rtt(deadline)
+            rtt_ms += self.shaper.rtt_ms
+            self.shaper.begin()
+        return rtt_ms
 
     def _request_head(self, p: int, content_length: int, header_length: int) -> bytes:
         lines = [
@@ -291,12 +297,7 @@ class OffloadClient:
         t0 = time.monotonic()
         deadline = t0 + timeout_s
         with socket.create_connection((self.host, self.port), timeout=timeout_s) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            rtt_ms = (time.monotonic() - t0) * 1000.0
-            if self.shaper is not None:
-                self.shaper.delay_rtt(deadline)
-                rtt_ms += self.shaper.rtt_ms
-                self.shaper.begin()
+            rtt_ms = self._link_up(sock, t0, deadline)
             t_send = time.monotonic()
             for i in range(0, len(payload), self.chunk_bytes):
                 chunk = payload[i : i + self.chunk_bytes]

@@ -270,14 +270,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.service.count("rejected")
         return False
 
-    def do_GET(self) -> None:
+    def _guarded(self, handle: Callable[[], None]) -> None:
         try:
-            self._get()
+            handle()
         except (ConnectionError, TimeoutError):
             self.close_connection = True
         except Exception as exc:  # never die on one request
             self.close_connection = True
             self._error(500, f"internal error: {type(exc).__name__}")
+
+    def do_GET(self) -> None:
+        self._guarded(self._get)
 
     def _get(self) -> None:
         svc = self.server.service
@@ -307,13 +310,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self._error(404, f"no route GET {path}")
 
     def do_POST(self) -> None:
-        try:
-            self._post()
-        except (ConnectionError, TimeoutError):
-            self.close_connection = True
-        except Exception as exc:  # never die on one request
-            self.close_connection = True
-            self._error(500, f"internal error: {type(exc).__name__}")
+        self._guarded(self._post)
 
     def _post(self) -> None:
         svc = self.server.service
