@@ -62,3 +62,15 @@ def test_serve_flags_out_of_range(tmp_path, capsys, flags) -> None:
     assert cli_main(["serve", str(tmp_path), *flags]) == 2
     err = capsys.readouterr().err
     assert flags[0] in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flags", [["--speed", "nan"], ["--speed", "-1"], ["--count", "0"]])
+def test_publish_carbon_checks_flags_before_connecting(capsys, flags) -> None:
+    from carboncp.runtime.traces import shipped_carbon_path
+
+    trace = str(shipped_carbon_path("GB"))
+    # port 1 on loopback: nothing listens; the flag must be refused before any connect wait
+    argv = ["publish-carbon", "--trace", trace, "--broker", "mqtt://127.0.0.1:1", *flags]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert flags[0] in err and "MQTT" not in err
