@@ -20,7 +20,6 @@ latencies to the edge server (anchored on published/reference full-model latenci
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 from carboncp.runtime.bundle import Bundle, register_file, save_manifest
+from carboncp.runtime.checks import check_number
 from carboncp.runtime.errors import ConfigError
 from carboncp.runtime.objective import (
     DEFAULT_SERVER_MARGINAL_MW,
@@ -148,20 +148,21 @@ def load_device_profile(spec: str | Path | DeviceProfile) -> DeviceProfile:
 
     def num(table: dict[str, Any], key: str, where: str, default: float | None = None) -> float:
         v = table.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise ConfigError(f"{path}: key '{where}{key}' must be a number > 0, got {v!r}")
-        return float(v)
+        return float(check_number(v, f"{path}: key '{where}{key}'", lo=0, lo_open=True))
 
-    if d["radio"] not in RADIO_MODELS:
+    if not isinstance(d["radio"], str) or d["radio"] not in RADIO_MODELS:
         raise ConfigError(f"{path}: key 'radio' must be one of {sorted(RADIO_MODELS)}")
     measured = lat.get("measured", True)
     if not isinstance(measured, bool):
         raise ConfigError(f"{path}: key 'latency.measured' must be true or false")
     ref_ms = lat.get("reference_full_model_ms")
-    if not measured:
+    if not measured or "fallback_scale" in lat:
         num(lat, "fallback_scale", "latency.")
-        if ref_ms is not None:
-            num(lat, "reference_full_model_ms", "latency.")
+    if ref_ms is not None:
+        num(lat, "reference_full_model_ms", "latency.")
+    for table, where in ((lat, "latency."), (srv, "server.")):
+        if not isinstance(table.get("reference_model", ""), str):
+            raise ConfigError(f"{path}: key '{where}reference_model' must be a model name")
     return DeviceProfile(
         name=str(d.get("name", path.stem)),
         description=str(d.get("description", "")),
