@@ -49,3 +49,11 @@ def _range(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> 
     if hi is not None:
         return f"{'<' if hi_open else '<='} {hi:g}"
     return "a real number"
+
+
+def check_choice(value: Any, key: str, options: Any) -> str:
+    """`value` if it is one of the string `options` (a JSON list or table never is: no
+    unhashable-type TypeError), else a ConfigError naming `key` and the options."""
+    if not isinstance(value, str) or value not in options:
+        raise ConfigError(f"{key} must be one of {sorted(options)}, got {value!r}")
+    return value

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from carboncp.runtime.checks import check_number
+from carboncp.runtime.checks import check_choice, check_number
 from carboncp.runtime.context import CONTEXT_FIELDS
 from carboncp.runtime.errors import ConfigError
 
@@ -221,18 +221,11 @@ def _validate(o: Objective) -> None:
         _num(o, key, 0.0, lo_open=True, none_ok=True)
     check_number(o.battery_low_pct, "key 'battery_low_pct'", lo=0, hi=100, lo_open=True)
     _num(o, "radio_cap_mbps", 0.0, lo_open=True)
-    if o.radio not in RADIO_MODELS:
-        raise ConfigError(f"key 'radio' must be one of {sorted(RADIO_MODELS)}, got {o.radio!r}")
-    if o.deadline_rule not in DEADLINE_RULES:
-        raise ConfigError(
-            f"key 'deadline_rule' must be one of {list(DEADLINE_RULES)}, got {o.deadline_rule!r}"
-        )
+    check_choice(o.radio, "key 'radio'", RADIO_MODELS)
+    check_choice(o.deadline_rule, "key 'deadline_rule'", DEADLINE_RULES)
     if o.deadline_rule == "slack" and o.slo_ms is None:
         raise ConfigError("key 'deadline_rule' = 'slack' needs a latency SLO (key 'slo_ms')")
-    if o.device_carbon not in DEVICE_CARBON_MODES:
-        raise ConfigError(
-            f"key 'device_carbon' must be one of {list(DEVICE_CARBON_MODES)}, got {o.device_carbon!r}"
-        )
+    check_choice(o.device_carbon, "key 'device_carbon'", DEVICE_CARBON_MODES)
     if o.device_carbon == "fixed":
         if o.device_fixed_gco2_per_kwh is None:
             raise ConfigError(

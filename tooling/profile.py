@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 from carboncp.runtime.bundle import Bundle, register_file, save_manifest
-from carboncp.runtime.checks import check_number
+from carboncp.runtime.checks import check_choice, check_number
 from carboncp.runtime.errors import ConfigError
 from carboncp.runtime.objective import (
     DEFAULT_SERVER_MARGINAL_MW,
@@ -150,8 +150,7 @@ def load_device_profile(spec: str | Path | DeviceProfile) -> DeviceProfile:
         v = table.get(key, default)
         return float(check_number(v, f"{path}: key '{where}{key}'", lo=0, lo_open=True))
 
-    if not isinstance(d["radio"], str) or d["radio"] not in RADIO_MODELS:
-        raise ConfigError(f"{path}: key 'radio' must be one of {sorted(RADIO_MODELS)}")
+    check_choice(d["radio"], f"{path}: key 'radio'", RADIO_MODELS)
     measured = lat.get("measured", True)
     if not isinstance(measured, bool):
         raise ConfigError(f"{path}: key 'latency.measured' must be true or false")

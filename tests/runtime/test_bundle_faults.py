@@ -101,6 +101,7 @@ CASES: dict[str, tuple[Callable[[Path, dict], None], str]] = {
         "profile.json",
     ),
     "objective weight a string": (_edit_json("objective.json", lambda d: d.update(w_carbon="x")), "objective.json"),
+    "objective radio a list": (_edit_json("objective.json", lambda d: d.update(radio=[1])), "objective.json"),
     "manifest sections a list": (_manifest(lambda m: m.update(sections=["x"])), "manifest.json"),
     "manifest files a list": (_manifest(lambda m: m.update(files=[])), "manifest.json"),
     "manifest head a string": (_manifest(lambda m: m["partitions"][1].update(head="x")), "manifest.json"),

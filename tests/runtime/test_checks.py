@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from carboncp.runtime.checks import check_number
+from carboncp.runtime.checks import check_choice, check_number
 from carboncp.runtime.cli import main as cli_main
 from carboncp.runtime.errors import ConfigError
 from carboncp.runtime.settings import load_settings
@@ -74,3 +74,10 @@ def test_publish_carbon_checks_flags_before_connecting(capsys, flags) -> None:
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert flags[0] in err and "MQTT" not in err
+
+
+@pytest.mark.parametrize("value", [[1], {"a": 1}, None, 3, "LTE"])
+def test_check_choice_refuses_non_members_of_any_type(value) -> None:
+    with pytest.raises(ConfigError, match=r"^key 'radio' must be one of \['lte', 'wifi'\]"):
+        check_choice(value, "key 'radio'", ("wifi", "lte"))
+    assert check_choice("lte", "key 'radio'", ("wifi", "lte")) == "lte"
