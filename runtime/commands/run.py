@@ -174,7 +174,11 @@ def _load_image(path: Path, shape: tuple[int, ...]) -> Any:
                 "the images to .npy uint8 arrays"
             ) from None
         _, c, h, w = shape
-        img = Image.open(path).convert("RGB" if c == 3 else "L").resize((w, h))
+        try:
+            with Image.open(path) as im:
+                img = im.convert("RGB" if c == 3 else "L").resize((w, h))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # not an image
+            raise ConfigError(f"input {path}: not a readable image ({exc})") from None
         arr = np.asarray(img, dtype=np.uint8)
         arr = arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None]
     if arr.dtype != np.uint8:

@@ -179,3 +179,14 @@ def test_when_the_full_model_fails_on_the_device_the_server_runs_it(bundle) -> N
         _loop(bundle, head_runner=head, policy=FixedPolicy(bundle.last, "l")).infer(
             np.zeros(bundle.input_shape, np.uint8)
         )
+
+
+@pytest.mark.parametrize("content", [b"garbage", b"\x89PNG\r\n\x1a\n", b""])
+def test_an_unreadable_image_input_is_a_config_error(bundle, tmp_path, content) -> None:
+    pytest.importorskip("PIL", reason="Pillow (comes with matplotlib) reads PNG inputs")
+    from carboncp.runtime.commands.run import iter_inputs
+    from carboncp.runtime.errors import ConfigError
+
+    (tmp_path / "x.png").write_bytes(content)
+    with pytest.raises(ConfigError, match=r"x\.png: not a readable image"):
+        list(iter_inputs(str(tmp_path), 1, bundle.input_shape))
