@@ -57,3 +57,24 @@ def check_choice(value: Any, key: str, options: Any) -> str:
     if not isinstance(value, str) or value not in options:
         raise ConfigError(f"{key} must be one of {sorted(options)}, got {value!r}")
     return value
+
+
+def split_url(url: str, key: str, default_ports: dict[str, int], form: str) -> Any:
+    """urlsplit(url) with its scheme in `default_ports`, a host, and a port in 1..65535 (the
+    scheme's default when absent). A malformed URL (e.g. an unclosed IPv6 bracket, which
+    urlsplit itself refuses) or port 0 is a ConfigError naming `key` and the `form` expected.
+    Returns (parts, port)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{key} {url!r}: {exc}; expected {form}") from None
+    if parts.scheme not in default_ports or not parts.hostname:
+        raise ConfigError(f"{key} {url!r}: expected {form}")
+    if port is None:
+        port = default_ports[parts.scheme]
+    elif port == 0:
+        raise ConfigError(f"{key} {url!r}: port 0 is not a port to connect to; expected {form}")
+    return parts, port

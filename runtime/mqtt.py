@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 from carboncp.runtime.carbon_signals import (
     MAX_PAYLOAD_BYTES,
@@ -33,6 +33,7 @@ from carboncp.runtime.carbon_signals import (
     format_carbon_payload,
     parse_carbon_payload,
 )
+from carboncp.runtime.checks import split_url
 from carboncp.runtime.errors import BackendMissingError, ConfigError, SignalError
 
 STATUS_TOPIC = "carboncp/device/{device_id}/status"
@@ -53,14 +54,13 @@ class BrokerAddress:
 
 def parse_broker_url(url: str) -> BrokerAddress:
     """'mqtt://host[:port]' (1883) or 'mqtts://host[:port]' (8883), optional user:pass@."""
-    u = urlparse(url)
-    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
-        raise ConfigError(f"broker URL {url!r}: expected mqtt://host:port or mqtts://host:port")
+    u, port = split_url(
+        url,
+        "broker URL",
+        {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883},
+        "mqtt://host:port or mqtts://host:port",
+    )
     tls = u.scheme in ("mqtts", "ssl")
-    try:
-        port = u.port or (8883 if tls else 1883)
-    except ValueError as exc:
-        raise ConfigError(f"broker URL {url!r}: bad port") from exc
     user = unquote(u.username) if u.username else None
     pw = unquote(u.password) if u.password else None
     return BrokerAddress(u.hostname, port, tls, user, pw)

@@ -17,12 +17,12 @@ import json
 import socket
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import numpy as np
 from carboncp.runtime import wire
 from carboncp.runtime.bundle import Bundle
-from carboncp.runtime.errors import ConfigError, OffloadError
+from carboncp.runtime.checks import split_url
+from carboncp.runtime.errors import OffloadError
 from carboncp.runtime.server import PROBE_PATH, model_name
 from carboncp.runtime.shaping import LinkShaper
 
@@ -58,15 +58,9 @@ class OffloadResult:
 
 
 def parse_server_url(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ConfigError(
-            f"server url {url!r} must look like http://HOST:PORT (https: use a proxy)"
-        )
-    try:
-        port = parts.port or 80
-    except ValueError:
-        raise ConfigError(f"server url {url!r} has an invalid port") from None
+    parts, port = split_url(
+        url, "server url", {"http": 80}, "http://HOST:PORT (https: use a proxy)"
+    )
     return parts.hostname, port
 
 

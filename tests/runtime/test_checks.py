@@ -81,3 +81,30 @@ def test_check_choice_refuses_non_members_of_any_type(value) -> None:
     with pytest.raises(ConfigError, match=r"^key 'radio' must be one of \['lte', 'wifi'\]"):
         check_choice(value, "key 'radio'", ("wifi", "lte"))
     assert check_choice("lte", "key 'radio'", ("wifi", "lte")) == "lte"
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://host:0", "http://h:99999", "ftp://h:1"])
+def test_bad_server_urls_are_config_errors(url) -> None:
+    from carboncp.runtime.offload import parse_server_url
+
+    with pytest.raises(ConfigError, match="server url"):
+        parse_server_url(url)
+
+
+@pytest.mark.parametrize("url", ["mqtt://[::1", "mqtt://h:0", "mqtts://h:70000", "http://h"])
+def test_bad_broker_urls_are_config_errors(url) -> None:
+    from carboncp.runtime.mqtt import parse_broker_url
+
+    with pytest.raises(ConfigError, match="broker URL"):
+        parse_broker_url(url)
+
+
+def test_urls_keep_their_default_ports() -> None:
+    from carboncp.runtime.mqtt import parse_broker_url
+    from carboncp.runtime.offload import parse_server_url
+
+    assert parse_server_url("http://edge.lan") == ("edge.lan", 80)
+    assert parse_server_url("http://[::1]:8000") == ("::1", 8000)
+    a = parse_broker_url("mqtts://u:p%40ss@b.lan")
+    assert (a.host, a.port, a.tls, a.username, a.password) == ("b.lan", 8883, True, "u", "p@ss")
+    assert parse_broker_url("mqtt://b.lan").port == 1883
