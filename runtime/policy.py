@@ -115,16 +115,9 @@ class TablePolicy:
         **kw: Any,
     ) -> TablePolicy:
         """Load the table, the profile and the objective the bundle was built for."""
-        from carboncp.runtime.costs import CostModel
-        from carboncp.runtime.objective import Objective
-        from carboncp.runtime.profile import load_profile
+        from carboncp.runtime.costs import cost_model_of
 
-        obj = bundle.section("objective")
-        if obj is None:
-            raise ConfigError(
-                f"{bundle.path}: the bundle has no 'objective' section; build it with 'carboncp build'"
-            )
-        cost = CostModel(load_profile(bundle), Objective.from_dict(obj))
+        cost = cost_model_of(bundle)  # a bundle without an objective: BundleError naming it
         return cls(Table.from_bundle(bundle), cost, mode, alpha, seed, online, **kw)
 
     # -- threshold -------------------------------------------------------------------------

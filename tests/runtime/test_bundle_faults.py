@@ -152,3 +152,22 @@ def test_table_of_another_partition_count_is_refused(good: Path, tmp_path: Path)
     root = _corrupt(good, tmp_path, "scores wrong partition count")
     with pytest.raises(BundleError, match=r"2 partitions.*rebuild"):
         Table.from_bundle(Bundle.load(root))
+
+
+def test_policy_and_cost_model_read_the_objective_the_same_way(good: Path, tmp_path: Path) -> None:
+    """One cost_model_of for run, evaluate, build and the table policy: a bundle without its
+    objective section is the same BundleError for all of them."""
+    import shutil
+
+    from carboncp.runtime.policy import TablePolicy
+
+    root = tmp_path / "b"
+    shutil.copytree(good, root)
+    m = json.loads((root / "manifest.json").read_text())
+    del m["sections"]["objective"]
+    save_manifest(root, m)
+    b = Bundle.load(root)
+    for load in (lambda: cost_model_of(b), lambda: TablePolicy.from_bundle(b)):
+        with pytest.raises(BundleError, match="no 'objective' section"):
+            load()
+    assert cost_model_of(b, objective_required=False).objective.w_carbon == 1.0
