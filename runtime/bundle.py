@@ -231,13 +231,24 @@ def _check_header(mpath: Path, m: dict[str, Any]) -> None:
     for key, kind in (("model", dict), ("input", dict), ("output", dict), ("files", dict)):
         if not isinstance(m[key], kind):
             raise BundleError(f"{mpath}: '{key}' must be a JSON object; {_REBUILD}")
-    if not isinstance(m.get("sections", {}), dict):
-        raise BundleError(f"{mpath}: 'sections' must be a JSON object; {_REBUILD}")
+    for key, obj in (("sections", m), ("tools", m), ("verification", m), ("weights", m["model"])):
+        if not isinstance(obj.get(key, {}), dict):
+            raise BundleError(f"{mpath}: '{key}' must be a JSON object; {_REBUILD}")
     with section_fault(mpath, _REBUILD):
         for key in ("input", "output"):
             [int(v) for v in m[key]["shape"]]  # a list of integers, or a clear error
     if not isinstance(m["partitions"], list) or len(m["partitions"]) < 2:
         raise BundleError(f"{mpath}: 'partitions' must list at least p = 0 and p = P; {_REBUILD}")
+
+
+def _float16(d: Any) -> dict[str, Any] | None:
+    """The float16-wire record: None, or an object of numbers / booleans / nulls."""
+    if d is None:
+        return None
+    bad = [k for k, v in d.items() if v is not None and not isinstance(v, (bool, int, float))]
+    if bad:
+        raise ValueError(f"float16.{bad[0]} is not a number")
+    return dict(d)
 
 
 def _partition(mpath: Path, i: int, d: Any) -> Partition:
@@ -261,5 +272,5 @@ def _partition(mpath: Path, i: int, d: Any) -> Partition:
             head={str(k): str(v) for k, v in (d.get("head") or {}).items()},
             tail={str(k): str(v) for k, v in (d.get("tail") or {}).items()},
             verify_max_abs={k: float(v) for k, v in (d.get("verify") or {}).items()},
-            float16=d.get("float16"),
+            float16=_float16(d.get("float16")),
         )

@@ -65,10 +65,17 @@ def table(bundle: Any) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from carboncp.runtime.bundle import Bundle
+    from carboncp.runtime.bundle import MANIFEST, Bundle, section_fault
 
     bundle = Bundle.load(args.bundle, verify=not args.no_verify)
     bundle.check_sections()
+    # Descriptive fields (tools, tolerances, weights) of a hand-edited manifest: one line too.
+    with section_fault(bundle.path / MANIFEST, "rebuild it with 'carboncp export'"):
+        _show(bundle, args)
+    return 0
+
+
+def _show(bundle: Any, args: argparse.Namespace) -> None:
     m = bundle.manifest
     model = m["model"]
     weights = model.get("weights", {})
@@ -104,4 +111,3 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"files    {len(m['files'])}, {sum(f['bytes'] for f in m['files'].values()):,} bytes, {status}"
     )
-    return 0

@@ -108,6 +108,12 @@ CASES: dict[str, tuple[Callable[[Path, dict], None], str]] = {
     "manifest verify a string": (_manifest(lambda m: m["partitions"][1].update(verify="x")), "manifest.json"),
     "manifest wire shape text": (_manifest(lambda m: m["partitions"][1]["wire"].update(shape="ab")), "manifest.json"),
     "manifest input shape a number": (_manifest(lambda m: m["input"].update(shape=5)), "manifest.json"),
+    "manifest tools a list": (_manifest(lambda m: m.update(tools=[1])), "manifest.json"),
+    "manifest verification a list": (_manifest(lambda m: m.update(verification=[1])), "manifest.json"),
+    "manifest weights a list": (_manifest(lambda m: m["model"].update(weights=[1])), "manifest.json"),
+    "manifest float16 a string": (_manifest(lambda m: m["partitions"][1].update(float16="x")), "manifest.json"),
+    "manifest float16 error text": (
+        _manifest(lambda m: m["partitions"][1].update(float16={"max_abs_error": "a"})), "manifest.json"),
 }  # fmt: skip
 
 
@@ -171,3 +177,20 @@ def test_policy_and_cost_model_read_the_objective_the_same_way(good: Path, tmp_p
         with pytest.raises(BundleError, match="no 'objective' section"):
             load()
     assert cost_model_of(b, objective_required=False).objective.w_carbon == 1.0
+
+
+def test_inspect_shows_a_bad_descriptive_field_as_one_line(
+    good: Path, tmp_path: Path, capsys
+) -> None:
+    """verification.tolerance_max_abs is only displayed (the runtime never reads it)."""
+    import shutil
+
+    root = tmp_path / "b"
+    shutil.copytree(good, root)
+    m = json.loads((root / "manifest.json").read_text())
+    m["verification"] = {"samples": 8, "tolerance_max_abs": "x"}
+    save_manifest(root, m)
+    Bundle.load(root).check_sections()  # loads: nothing the device uses is wrong
+    assert cli_main(["inspect", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "manifest.json" in err
