@@ -375,7 +375,7 @@ class DeviceLoop:
             candidates=[int(c) for c in decision.candidates],
             mode=decision.mode,
             cell=decision.cell,
-            decision_flags=[*decision.flags, *self._faults],
+            decision_flags=list(dict.fromkeys([*decision.flags, *self._faults])),
             seen=asdict(seen),
             realised=asdict(realised),
             latency_ms=latency_ms,

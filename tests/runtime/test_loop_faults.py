@@ -129,6 +129,7 @@ def test_guarded_faults_are_named_and_counted(bundle) -> None:
     assert "meter_error:ValueError" in r.decision_flags
     assert r.seen["device_load"] == 0.0 and r.battery_source == "modelled"
     assert loop.faults["load"] == 1 and loop.faults["meter"] >= 1
+    assert len(r.decision_flags) == len(set(r.decision_flags))  # each fault named once
 
 
 @pytest.mark.parametrize("u", [float("nan"), float("inf"), "x"])
