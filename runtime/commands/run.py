@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from carboncp.runtime.errors import CarbonCPError
+
 HELP = "run the decide-run-offload loop on a device"
 
 _FLAGS: tuple[tuple[str, type, str], ...] = (
@@ -70,7 +72,20 @@ def run(args: argparse.Namespace) -> int:
     with assemble(settings) as (loop, inputs, _log):
         n = 0
         t0 = time.monotonic()
-        for rec in loop.run(inputs):
+        records = loop.run(inputs)
+        while True:
+            try:
+                rec = next(records)
+            except StopIteration:
+                break
+            except CarbonCPError:
+                raise
+            except Exception as exc:  # neither the device nor a server could compute it
+                raise CarbonCPError(
+                    f"inference {n + 1}: the device could not run the model and no edge server "
+                    f"took it ({type(exc).__name__}: {exc}); check the bundle with "
+                    "'carboncp inspect' and the 'server' setting"
+                ) from exc
             n += 1
             if not args.quiet:
                 fb = f" fallback={'+'.join(rec.fallbacks)}" if rec.fallbacks else ""

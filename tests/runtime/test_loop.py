@@ -271,3 +271,23 @@ def test_image_inputs_npy_shapes_and_png_without_pillow(tmp_path, tiny_bundle, m
     monkeypatch.setitem(sys.modules, "PIL", None)  # as if Pillow were not installed
     with pytest.raises(ConfigError, match="Pillow"):
         list(iter_inputs(str(png), 1, shape))
+
+
+def test_carboncp_run_stops_with_one_line_when_nothing_can_compute(
+    tiny_bundle, tmp_path, monkeypatch, capsys
+):
+    # The device's model fails and no server is configured: no answer exists, so the CLI
+    # says why in one line (exit 2) instead of a traceback.
+    from carboncp.runtime import cli
+    from carboncp.runtime.loop import DeviceLoop
+
+    def broken(self, x):
+        raise RuntimeError("interpreter fault")
+
+    monkeypatch.setattr(DeviceLoop, "infer", broken)
+    code = cli.main(["run", "--bundle", str(tiny_bundle), "--policy", "local",
+                     "--input", "random", "--count", "2", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "inference 1: the device could not run the model" in err
+    assert "RuntimeError: interpreter fault" in err and "Traceback" not in err
