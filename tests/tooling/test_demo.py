@@ -5,16 +5,16 @@ decisions that change with carbon and with the link, each change put down to its
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from carboncp.runtime.bundle import Bundle
+from carboncp.runtime.context import Context, Decision
 
 from tests.support.mosquitto import require_mosquitto
-
-pytestmark = pytest.mark.slow
 
 RPI4 = Path(__file__).resolve().parents[2] / "tooling" / "device_profiles" / "rpi4.toml"
 
@@ -38,15 +38,18 @@ def slow_device_profile(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_demo_on_the_tiny_bundle(tiny_bundle_copy, tmp_path, capsys):
     require_mosquitto()
     pytest.importorskip("matplotlib", reason="matplotlib (tooling extra) draws demo.png")
     from carboncp.tooling.demo import CAUSES, DemoConfig, run_demo
 
-    steps = 32
+    # 48 steps over 32 h (carbon moves at 2 of 3 steps), the link trace walked 5 times (16 s
+    # of it per step: consecutive rates nearly independent, no position repeated)
+    steps = 48
     cfg = DemoConfig(
         out_dir=tmp_path / "out", bundle=tiny_bundle_copy, model="tiny_net", steps=steps,
-        hours=96, scale=None, device_profile=slow_device_profile(tmp_path), bandwidth_passes=1,
+        hours=32, scale=None, device_profile=slow_device_profile(tmp_path), bandwidth_passes=5,
         extra={"quick_profile": True, "days": 14, "max_epochs": 5}, progress=False,
     )  # fmt: skip
     summary = run_demo(cfg)
@@ -99,3 +102,59 @@ def test_demo_on_the_tiny_bundle(tiny_bundle_copy, tmp_path, capsys):
     again = run_demo(cfg)
     assert again["policies"]["A"]["inferences"] == 4
     assert again["scale"] == summary["scale"]
+
+
+class ThresholdPolicy:
+    """Offload (p = 0) when the link is above a threshold that carbon sets, else local (3);
+    `bias` stands for the policy's own state (a conformal threshold that moved)."""
+
+    def __init__(self):
+        self.bias = 0.0
+        self.n_decisions = 0
+        self.n_guard_relaxed = 0
+        self.rng = random.Random(0)
+        self.observed = 0
+
+    def decide(self, seen: Context) -> Decision:
+        self.n_decisions += 1
+        self.rng.random()
+        b_star = 10.0 * seen.server_gco2_per_kwh / seen.device_gco2_per_kwh + self.bias
+        p = 0 if seen.bandwidth_mbps > b_star else 3
+        return Decision(p, (p,), "A", None, ())
+
+    def observe(self, decision, seen, realised) -> None:
+        self.observed += 1
+
+
+def ctx(bw: float, i_d: float, i_s: float) -> Context:
+    return Context(bw, 5.0, 0.0, 0.0, i_d, i_s, 100.0)
+
+
+def test_attribution_names_what_moved_each_change():
+    from carboncp.tooling.demo import AttributedPolicy
+
+    inner = ThresholdPolicy()
+    pol = AttributedPolicy(inner)
+    seq = [
+        (ctx(25.0, 100, 200), None),  # B* 20: offload
+        (ctx(25.0, 100, 300), "carbon"),  # B* 30: local; the link did not move
+        (ctx(35.0, 100, 300), "link"),  # offload; carbon did not move
+        (ctx(35.0, 100, 300), None),  # nothing moved, no change
+        (ctx(25.0, 100, 200), None),  # both moved, but the decision stays offload
+        (ctx(15.0, 100, 300), "both"),  # 25 -> 15 alone flips it, B* 20 -> 30 alone too
+        (ctx(25.0, 100, 200), "both"),  # neither alone (15 < 20, 25 < 30), together yes
+    ]
+    for seen, cause in seq:
+        pol.decide(seen)
+        assert pol.causes[-1] == cause, (seen, pol.causes)
+    inner.bias = 10.0  # the policy's own state moves: B* 30 > 25 -> local
+    pol.decide(ctx(25.0, 100, 200))
+    assert pol.causes[-1] == "other"
+    # the what-if decisions left the policy's counters and RNG as the real decisions alone would
+    ref = ThresholdPolicy()
+    for seen, _ in [*seq, (ctx(25.0, 100, 200), None)]:
+        ref.decide(seen)
+    assert inner.n_decisions == ref.n_decisions == len(seq) + 1
+    assert inner.rng.random() == ref.rng.random()
+    pol.observe(None, None, None)
+    assert inner.observed == 1
