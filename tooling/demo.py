@@ -5,15 +5,15 @@ The scenario (chosen with the cost model, not by trial runs). For ResNet-18 on a
 while the server works) and a 15 W server about 0.12 J; running locally costs 0.79 J. With
 the latency and battery terms of J, which favour offloading, the cost model offloads above
 a link rate B* that carbon moves: about 10.5 Mbit/s when the device's grid is the dirtier
-one, up to 18 Mbit/s when the server's grid is 5-10x dirtier than the device's. So:
+one, up to 18 Mbit/s when the server's grid is many times dirtier than the device's. So:
 - device in GB, edge server in DE-LU (defaults): GB is a wind-driven grid (4 to 249
   gCO2eq/kWh in the shipped slice), DE-LU a coal-heavy one (84 to 583); on windy GB hours
   local execution wins at link rates where still hours send the image to the server;
 - the link: norway_bus_1 (a real 3G bus ride) with every rate x 6 (2.2 to 29 Mbit/s, median
   22: an LTE-like uplink). Mode A decides on a conformal lower bound of the link (the
   estimate x the table's factor, about 0.77), so it offloads above about B*/0.77, 14 to 24
-  Mbit/s: inside the link's range, which crosses it often (x 4 would leave mode A local
-  almost always; x 15 would leave it offloading always);
+  Mbit/s: inside the link's range, which crosses it often (at x 4 the link's peak, 19
+  Mbit/s, would sit below most of that range; at x 15 its bulk far above it);
 - the window: `plan_scenario` scores every window of `hours` in the shipped 8 weeks by the
   expected number of decision changes driven by carbon (carbon moving B* across the link's
   distribution) and by the link (the link crossing B*), and takes the window whose smaller
@@ -25,13 +25,15 @@ Steps:
 2. Start an MQTT broker (Mosquitto if installed, else amqtt in-process) and the edge server
    (`carboncp serve`) as a subprocess.
 3. Step through the window of the shipped hourly carbon slices at accelerated time (336 h
-   in 144 steps by default): each step's hour's values are published, retained, through the broker and
-   reach the device loop's CarbonSubscriber, which judges their age against the replay
-   clock. The 155 s bandwidth trace is walked `bandwidth_passes` times (3) over the window.
+   in 144 steps by default): the values of each step's hour are published, retained,
+   through the broker and reach the device loop's CarbonSubscriber, which judges their age
+   against the replay clock. The 155 s bandwidth trace is walked `bandwidth_passes` times (3) over the window.
 4. At every step, the same input is run by each policy (CarbonCP mode A with the bundle's
    table; local-only; server-only) through the real runtime: LiteRT heads, the offload
    client, the server's ExecuTorch tails, with the offload link paced to the scaled trace.
-   Every policy sees the same moment of both traces. Each change of mode A's decision is put
+   Every policy sees the same moment of both traces. A policy whose previous inference did
+   not measure the link (it ran locally) probes it first: steps are hours apart in emulated
+   time, so the estimate must not be a stale one. Each change of mode A's decision is put
    down to carbon or to the link (AttributedPolicy: the same policy re-decides with the
    previous step's carbon, and with the previous step's link).
 5. Costs are the device profile's (this CPU is not a Pi): latency, device energy, carbon and
@@ -849,7 +851,7 @@ def plot(
                drawstyle="steps-post", label=f"server grid {cfg.server_zone}")  # fmt: skip
     ax[0].set_ylabel("gCO2eq/kWh")
     ax[0].set_ylim(0, 1.3 * max(max(s[first].seen[k] for s in steps) for k in _CARBON_KEYS))
-    ax[0].set_title("grid carbon intensity, replayed over MQTT (green bands: carbon-driven switches)",
+    ax[0].set_title("grid carbon intensity, replayed over MQTT (bands: switches driven by carbon, green, or by carbon and link, purple)",
                     fontsize=10, loc="left")  # fmt: skip
     ax[0].legend(loc="upper right", fontsize=9)
     ax[1].plot(hours, [s["true_mbps"] for s in steps], color="0.6", lw=1,

@@ -21,8 +21,10 @@ much cleaner than the server's. Hence the defaults:
     Mbit/s, which carbon moves across the link's range and the link crosses often;
   the window: the two weeks (336 h over 144 steps) of the shipped 8 weeks in which the
     smaller of the expected numbers of carbon-driven and of link-driven changes is largest
-    (both printed at start). x 4 would leave mode A local almost always (a 144-step run
-    offloaded 1% of the time), x 15 offloading always.
+    (both printed at start). At x 4 the link's peak (19 Mbit/s) would sit below most of
+    mode A's threshold range (14 to 24), at x 15 its bulk far above it.
+While mode A runs locally it probes the link before the next decision (steps are hours apart
+in emulated time); the probes' bytes, time and energy are counted in summary.json.
 Each change of mode A's decision is labelled with its cause (carbon or link: the policy
 re-decides with the previous step's carbon, and with the previous step's link); the counts
 are in the summary and the carbon-driven switches are marked on demo.png.
