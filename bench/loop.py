@@ -1,6 +1,6 @@
 """The device loop's overhead, and the runtime's peak memory, for ResNet-18 run locally.
 
-    python -m bench.loop [--bundle models/demo-resnet18-rpi4] [--n 60]
+    python -m bench.loop [--bundle models/demo-resnet18-rpi4-gb-de-x6] [--n 60]
 
 1. Overhead: the same images go through (a) the LiteRT full-model head called directly and
    (b) DeviceLoop.infer with the bundle's real TablePolicy (mode A) forced to run locally, a
@@ -105,7 +105,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--bundle",
-        default="models/demo-resnet18-rpi4",
+        default="models/demo-resnet18-rpi4-gb-de-x6",
         help="a built ResNet-18 bundle (carboncp demo builds one)",
     )
     ap.add_argument("--n", type=int, default=60, help="inferences measured")

@@ -1,6 +1,6 @@
 """Offload round trip on loopback for a ~400 KB activation, against a raw socket send.
 
-    python -m bench.offload [--bundle models/demo-resnet18-rpi4] [--p 3] [--n 200]
+    python -m bench.offload [--bundle models/demo-resnet18-rpi4-gb-de-x6] [--p 3] [--n 200]
 
 (a) OffloadClient.infer -> the edge server (EdgeHTTPServer + TailService, the real protocol
     path: HTTP, v2 JSON header, binary tensor, checks against the bundle, decode, encode of
@@ -60,7 +60,7 @@ def raw_round_trip(port: int, data: bytes) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundle", default="models/demo-resnet18-rpi4")
+    ap.add_argument("--bundle", default="models/demo-resnet18-rpi4-gb-de-x6")
     ap.add_argument("--p", type=int, default=3, help="partition (default 3: 401,408 bytes)")
     ap.add_argument("--n", type=int, default=200)
     args = ap.parse_args()
