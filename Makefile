@@ -49,8 +49,8 @@ bench: $(BIN)/.installed
 		$(BIN)/carboncp build --model resnet18 --out models/resnet18 --device-profile rpi4
 	OMP_NUM_THREADS=1 $(BIN)/python -m bench.heads models/resnet18
 	OMP_NUM_THREADS=1 $(BIN)/python -m bench.decision models/resnet18
-	$(BIN)/python -m bench.loop
-	$(BIN)/python -m bench.offload
+	$(BIN)/python -m bench.loop --bundle models/resnet18
+	$(BIN)/python -m bench.offload --bundle models/resnet18
 	$(BIN)/python -m bench.costs
 	$(BIN)/python -m bench.bridge_decode
 
