@@ -80,6 +80,10 @@ def _eager_heads(bundle, threads: int):
     return run
 
 
+BLOCK = 5
+PAUSE_S = 0.3
+
+
 def measure(bundle, repeat: int, warmup: int, threads: int) -> list[dict]:
     from carboncp.runtime.runners import ExecuTorchRunner, LiteRTRunner
 
@@ -98,11 +102,17 @@ def measure(bundle, repeat: int, warmup: int, threads: int) -> list[dict]:
                 f(p, x)
         times: dict[str, list[float]] = {k: [] for k in fns}
         names = list(fns)
-        for r in range(repeat):
-            for k in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
-                t = time.perf_counter()
-                fns[k](p, x)
-                times[k].append((time.perf_counter() - t) * 1e3)
+        # Blocks of BLOCK runs per backend, the order rotated every round so that load from
+        # other processes hits all alike; a pause between blocks lets the previous backend's
+        # idle worker threads (torch's OpenMP pool spins after each call) go to sleep, or
+        # they steal a core from the next backend when threads > 1.
+        for r in range(-(-repeat // BLOCK)):
+            for k in names[r % len(names) :] + names[: r % len(names)]:
+                time.sleep(PAUSE_S)
+                for _ in range(min(BLOCK, repeat - r * BLOCK)):
+                    t = time.perf_counter()
+                    fns[k](p, x)
+                    times[k].append((time.perf_counter() - t) * 1e3)
         med = {k: float(np.median(v)) for k, v in times.items()}
         row = {"p": p, "cut": bundle.partitions[p].cut, "eager_ms": med["eager"]}
         for k in fns:
