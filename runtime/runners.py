@@ -117,7 +117,9 @@ class LiteRTRunner:
             raise ValueError(f"max_loaded must be >= 1 or None, not {max_loaded}")
         self.bundle = bundle
         self.part = "head"
-        self.num_threads = num_threads
+        # None means every core: both interpreters would otherwise run on one thread
+        # (ai_edge_litert turns None into 1), leaving a Pi 4's other three cores idle.
+        self.num_threads = num_threads if num_threads is not None else (os.cpu_count() or 1)
         self.max_loaded = max_loaded
         self._interpreter_cls, self.backend = _import_interpreter()
         self._cache: OrderedDict[int, tuple[Any, int, int]] = OrderedDict()

@@ -101,3 +101,18 @@ def test_max_loaded_evicts_least_recently_used(bundle, runner):
     small.close()
     with pytest.raises(ValueError, match="max_loaded"):
         LiteRTRunner(bundle, max_loaded=0)
+
+
+def test_threads_default_to_every_core_and_give_the_same_output(bundle):
+    x = _images(bundle, 1)[0]
+    default = LiteRTRunner(bundle)
+    single = LiteRTRunner(bundle, num_threads=1)
+    try:
+        assert default.num_threads == (os.cpu_count() or 1)
+        assert single.num_threads == 1
+        np.testing.assert_allclose(
+            default.run(bundle.last, x), single.run(bundle.last, x), atol=1e-5
+        )
+    finally:
+        default.close()
+        single.close()
