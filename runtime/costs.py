@@ -63,9 +63,10 @@ class CostModel:
     Transfer of partition p < P over bandwidth B (Mbit/s): upload 8*D_p/B, RTT, the tail
     T_s = tau_s(p)*g_s(v) on the server, the result's return 8*R_p/B. The round from the start
     of the upload to the result back, T_off = up + RTT + T_s + ret, must finish within the
-    deadline; otherwise the transfer is abandoned at the deadline (or after early_abandon_ms
-    when set: the device sees from the bytes sent that it cannot finish) and the device runs
-    the rest of the model itself: latency T_d(p) + wasted + (tau_d(P) - tau_d(p))*g_d(u).
+    deadline; otherwise the transfer is abandoned and the device runs the rest of the model
+    itself: latency T_d(p) + wasted + (tau_d(P) - tau_d(p))*g_d(u). wasted is
+    early_abandon_ms (when set) if the upload itself, up + RTT, cannot meet the deadline (the
+    device sees that from the bytes sent), else the deadline (it waits for a late answer).
     B = 0 (an outage) always falls back.
     """
 
@@ -180,8 +181,12 @@ class CostModel:
         up = np.where(remote, up, 0.0)
         ret = np.where(remote, ret, 0.0)
         t_off = np.where(remote, up + rtt + t_s + ret, 0.0)
-        dl, wasted = self._deadlines(g_d)
+        dl, early_w = self._deadlines(g_d)
         fb = remote & (t_off > dl)
+        # Early abandonment acts while sending (the client extrapolates the bytes sent): an
+        # upload that cannot finish by the deadline is given up early; one that arrived but
+        # whose answer is late (slow tail) is waited for until the deadline.
+        wasted = np.where(up + rtt > dl, early_w, dl)
         p_radio = self.radio_power_mw(bw)
 
         t_rest = self.rest[None, :] * g_d
@@ -217,7 +222,8 @@ class CostModel:
         )
 
     def _deadlines(self, g_d: np.ndarray) -> tuple[np.ndarray | float, np.ndarray | float]:
-        """(deadline, wasted time) in ms, per context for the slack rule, else constants."""
+        """(deadline, time wasted by an upload abandoned early) in ms, per context for the
+        slack rule, else constants."""
         if not self.slack:
             return self.deadline, self.wasted
         slack = self.slo - self.tau_d[self.P] * g_d
@@ -315,10 +321,11 @@ class CostModel:
                     e_s = p_srv * t_s + e_net_uj * (bits + rbits)
                 else:
                     t_rest = rest * gd
-                    t = t_d + wasted + t_rest
-                    e_d = p_act * (t_d + t_rest) + p_tx * wasted
-                    sent = bw * 1e3 * wasted
-                    e_s = (p_srv * t_s if up + half_rtt <= wasted else 0.0) + e_net_uj * (
+                    w = wasted if up + rtt > dl else dl  # early only while sending (evaluate)
+                    t = t_d + w + t_rest
+                    e_d = p_act * (t_d + t_rest) + p_tx * w
+                    sent = bw * 1e3 * w
+                    e_s = (p_srv * t_s if up + half_rtt <= w else 0.0) + e_net_uj * (
                         bits if bits < sent else sent
                     )
                 lat.append(t)

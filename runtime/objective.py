@@ -88,9 +88,11 @@ class Objective:
     # (a transfer still running when the whole SLO is spent has already violated it; cutting
     # it there bounds the damage), or 1000 ms without an SLO (outages need some deadline).
     deadline_ms: float | None = None
-    # Abandon early: when set, a transfer that will miss the deadline is abandoned after
-    # this many ms (the device sees from the bytes sent so far that it cannot finish).
-    early_abandon_ms: float | None = None
+    # Abandon early: a transfer that will miss the deadline is abandoned after this many ms
+    # (the device sees from the bytes sent so far that it cannot finish). On by default
+    # because the runtime's offload client does exactly that (runtime/offload.py); None
+    # ("off" in TOML) models a device that waits for the deadline.
+    early_abandon_ms: float | None = 50.0
     # "fixed": the deadline above. "slack": abandon as soon as only local completion still
     # fits in the SLO: deadline = slo_ms - tau_d(P) * g_d(u) for the context's load (the
     # fixed deadline when that is <= 0, i.e. when local execution misses the SLO anyway).

@@ -79,7 +79,7 @@ def test_battery_shaping_raises_the_battery_term() -> None:
 
 
 def test_deadline_fallback_wastes_radio_time_and_completes_locally() -> None:
-    ob = Objective(slo_ms=300.0)  # deadline = SLO = 300 ms
+    ob = Objective(slo_ms=300.0, early_abandon_ms=None)  # deadline = SLO = 300 ms, waited for
     cm = CostModel(_small_profile(), ob)
     x = CTX.copy()
     x[0, 0] = 0.5  # p = 0 upload alone would take 1.6 s
@@ -104,6 +104,10 @@ def test_fallback_when_only_the_server_makes_it_late() -> None:
     c = cm.evaluate(CTX)
     assert c.fallback[0, 0] and not c.fallback[0, 1]
     assert c.server_energy_j[0, 0] == pytest.approx(10_000 * 400 * 1e-6)
+    # Early abandonment (on by default) cannot see a slow tail in the bytes sent: the device
+    # waits for the answer until the deadline, then completes locally (40 ms).
+    assert cm.objective.early_abandon_ms == 50.0
+    assert c.latency_ms[0, 0] == pytest.approx(300 + 40)
 
 
 def test_outage_always_falls_back_with_finite_costs() -> None:
@@ -115,15 +119,20 @@ def test_outage_always_falls_back_with_finite_costs() -> None:
     for name in ("latency_ms", "device_energy_j", "carbon_g", "objective"):
         assert np.isfinite(getattr(c, name)).all()
     g = cm.profile.device_slowdown(x[:, 2])
-    # Without an SLO the deadline is 1000 ms; latency = head + 1000 + rest = 1000 + tau_d(P)*g.
-    np.testing.assert_allclose(c.latency_ms[:, 0], 1000 + cm.profile.device_ms[-1] * g)
+    # Nothing is sent, so the default early abandonment gives up after 50 ms (of the 1000 ms
+    # deadline without an SLO): latency = head + 50 + rest = 50 + tau_d(P)*g.
+    np.testing.assert_allclose(c.latency_ms[:, 0], 50 + cm.profile.device_ms[-1] * g)
+    waiting = CostModel(cm.profile, Objective(slo_ms=None, early_abandon_ms=None)).evaluate(x)
+    np.testing.assert_allclose(waiting.latency_ms[:, 0], 1000 + cm.profile.device_ms[-1] * g)
     assert (cm.oracle(c) == cm.P).all()
 
 
 def test_early_abandonment_cuts_the_waste() -> None:
     late = CTX.copy()
     late[0, 0] = 0.5
-    base = CostModel(_small_profile(), Objective(slo_ms=300.0)).evaluate(late)
+    base = CostModel(_small_profile(), Objective(slo_ms=300.0, early_abandon_ms=None)).evaluate(
+        late
+    )
     early = CostModel(_small_profile(), Objective(slo_ms=300.0, early_abandon_ms=50.0)).evaluate(
         late
     )
@@ -133,7 +142,7 @@ def test_early_abandonment_cuts_the_waste() -> None:
 
 
 def test_slack_deadline_finishes_a_fallback_at_the_slo() -> None:
-    ob = Objective(slo_ms=300.0, deadline_rule="slack")
+    ob = Objective(slo_ms=300.0, deadline_rule="slack", early_abandon_ms=None)
     prof = _small_profile(device_load_u=[0.0, 1.0], device_slowdown_g=[1.0, 2.0])
     cm = CostModel(prof, ob)
     x = CTX.copy()
