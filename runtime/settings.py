@@ -3,7 +3,8 @@
 Keys (TOML at the top level or under [run]; CLI flags use dashes):
   bundle, server, token, broker, broker_username, broker_password, tls_ca, device_id,
   carbon_ttl_s, carbon_fallback_gco2_per_kwh, device_zone, server_zone, power, power_rate_hz,
-  mode, policy, alpha, seed, input, count, interval_s, log, backend, local_tail,
+  mode, policy, alpha, seed, input, count, interval_s, log, backend, max_loaded_heads,
+  local_tail,
   deadline_ms, float16, device_load, battery_pct, probe_after_s,
   shape_trace, shape_scale, shape_rtt_ms
 Every value is checked at start-up; an error names the key and where it came from.
@@ -34,6 +35,7 @@ _ZONE_RE = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
 # Numeric settings' ranges (check_number keywords); None stays allowed where the default is.
 _RANGES: dict[str, dict[str, Any]] = {
     "count": {"lo": 1},
+    "max_loaded_heads": {"lo": 0},
     "seed": {"lo": 0},  # numpy's generators take no negative seed
     "interval_s": {"lo": 0, "hi": 86400},  # a day: beyond it the sleep overflows the clock
     "shape_rtt_ms": {"lo": 0},
@@ -74,6 +76,11 @@ class RunSettings:
     interval_s: float = 0.0
     log: str | None = None
     backend: str = "litert"
+    # LiteRT heads kept loaded (0 = all). Each holds its weights twice (file + XNNPACK's
+    # packed copy: ~100 MB for ResNet-18's full head), so 1 keeps the process near 150 MB;
+    # changing to another head then costs a reload (~80 ms here). The decision usually
+    # alternates between one head and p = 0 (no head), which needs no reload.
+    max_loaded_heads: int = 1
     local_tail: bool = False  # finish a failed offload with the device's own ExecuTorch tail
     deadline_ms: float | None = None  # None = the bundle objective's deadline
     float16: bool = False

@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 from carboncp.runtime.errors import CarbonCPError
+from carboncp.runtime.objective import Objective
 
 HOUR_S = 3600
 # Mode A's conformal bandwidth factor is known only once the table is trained; choosing the
@@ -126,6 +127,9 @@ def ensure_bundle(cfg: DemoConfig) -> tuple[Path, float]:
         "scale": "auto" if cfg.scale is None else cfg.scale,
         "device_zone": cfg.device_zone,
         "server_zone": cfg.server_zone,
+        # The default objective: a bundle built under other defaults (an older version) is
+        # relabelled, not reused with a table trained for another J.
+        "objective": Objective().to_dict(),
     }
     if not cfg.rebuild and marker.is_file():
         try:

@@ -49,6 +49,11 @@ _FLAGS: tuple[tuple[str, type, str], ...] = (
     ("interval_s", float, "pause between inferences"),
     ("device_load", float, "fix the device load u in [0,1] instead of reading /proc"),
     ("backend", str, "head runner: litert (default) or executorch"),
+    (
+        "max_loaded_heads",
+        int,
+        "LiteRT heads kept loaded, least recently used evicted (default 1; 0 = all)",
+    ),
 )
 
 
@@ -221,7 +226,13 @@ def assemble(settings: Any, carbon: Any = None) -> Iterator[tuple[Any, Iterator[
     bundle = Bundle.load(settings.bundle)
     cost_model = cost_model_of(bundle)
     policy = make_policy(settings, bundle, cost_model)
-    head = make_runner(bundle, backend=settings.backend, part="head")
+    head_options = {"max_loaded": settings.max_loaded_heads or None}
+    head = make_runner(
+        bundle,
+        backend=settings.backend,
+        part="head",
+        **(head_options if settings.backend == "litert" else {}),
+    )
     with contextlib.ExitStack() as stack:
         stack.callback(head.close)
         tail = None

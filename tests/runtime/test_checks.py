@@ -38,7 +38,8 @@ def test_accepted_values_come_back(value, rule) -> None:
 @pytest.mark.parametrize(
     ("key", "value"),
     [("seed", -1), ("interval_s", 1e300), ("power_rate_hz", 1e9), ("alpha", 1.0),
-     ("count", 0), ("device_load", 1.5), ("deadline_ms", 0.0), ("battery_pct", -1.0)],
+     ("count", 0), ("device_load", 1.5), ("deadline_ms", 0.0), ("battery_pct", -1.0),
+     ("max_loaded_heads", -1)],
 )  # fmt: skip
 def test_run_settings_out_of_range(tmp_path, key, value) -> None:
     with pytest.raises(ConfigError, match=f"setting '{key}'"):

@@ -182,6 +182,25 @@ def test_settings_from_toml_and_cli(tmp_path, tiny_bundle):
         load_settings(None, {})
 
 
+@pytest.mark.parametrize(("setting", "want"), [(None, 1), (2, 2), (0, None)])
+def test_max_loaded_heads_reaches_the_litert_runner(tiny_bundle, setting, want) -> None:
+    # The device keeps one LiteRT head loaded by default (memory: docs/DEPLOY.md); 0 = all.
+    from carboncp.runtime.commands.run import assemble
+    from carboncp.runtime.runners import expected_input
+
+    s = load_settings(
+        None, {"bundle": str(tiny_bundle), "policy": "local", "max_loaded_heads": setting}
+    )
+    with assemble(s) as (loop, _inputs, _log):
+        bundle = loop.head.bundle
+        assert loop.head.max_loaded == want
+        for p in range(1, bundle.last + 1):
+            dtype, shape = expected_input(bundle, p, "head")
+            loop.head.run(p, np.zeros(shape, dtype=dtype))
+        assert loop.head.loaded[-1] == bundle.last
+        assert len(loop.head.loaded) == min(want or bundle.last, bundle.last)
+
+
 RUN_CHILD = """
 import sys
 for name in ("torch", "executorch", "litert_torch", "carboncp.tooling"):
