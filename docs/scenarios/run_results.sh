@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces docs/RESULTS.md (after the three builds listed there). Outputs under out/results/.
+# Reproduces docs/RESULTS.md (after docs/scenarios/build_fast.sh). Outputs under out/results/.
 # Reads the full-year traces from ../shared/data (evaluation only; not shipped).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -9,37 +9,39 @@ D=runtime/data
 R=out/results
 ev() { name=$1; shift; carboncp evaluate "$@" --out "$R/$name" --quiet > "$R/$name.txt"; echo "== $name"; cat "$R/$name.txt"; }
 mkdir -p "$R"
+# Null scenarios: the shipped default bundle on slow links, where local is (almost) always right.
 ev null_default models/resnet18 --device-carbon $D/carbon/DE-LU_2023-09-11_8w.csv \
   --server-carbon $D/carbon/GB_2023-09-11_8w.csv --bandwidth $D/bandwidth/norway_bus_1
 ev null_fcc models/resnet18 --device-carbon $D/carbon/US-CAL-CISO_2023-09-11_8w.csv \
   --server-carbon $D/carbon/GB_2023-09-11_8w.csv --bandwidth $D/bandwidth/fcc_trace_28838_amazon
 FY="--device-carbon $S/carbon/DE-LU_2023_hourly.csv --server-carbon $S/carbon/GB_2023_hourly.csv --events-per-hour 4"
-ev fast_fixed models/resnet18-5g $FY --bandwidth $S/bandwidth/ucc5g_static_part1
-ev fast_ea models/resnet18-5g-ea $FY --bandwidth $S/bandwidth/ucc5g_static_part1
+B5G="--bandwidth $S/bandwidth/ucc5g_static_part1"
+# The headline: Raspberry Pi 4 on DE-LU reaching a GB edge server over 5G, default objective.
+ev fast models/resnet18-5g $FY $B5G
+for a in 0.05 0.2; do ev fast_alpha$a models/resnet18-5g $FY $B5G --alpha $a; done
+# Each zone's own test period (calibrated on the same zone's Jul-Sep by evaluate).
+ev fast_us models/resnet18-5g --device-carbon $S/carbon/US-CAL-CISO_2023_hourly.csv \
+  --server-carbon $S/carbon/GB_2023_hourly.csv --events-per-hour 4 $B5G
+ev fast_gb models/resnet18-5g --device-carbon $S/carbon/GB_2023_hourly.csv \
+  --server-carbon $S/carbon/DE-LU_2023_hourly.csv --events-per-hour 4 $B5G
 for a in 0.05 0.2; do
-  ev fast_ea_alpha$a models/resnet18-5g-ea $FY --bandwidth $S/bandwidth/ucc5g_static_part1 --alpha $a
+  ev fast_us_alpha$a models/resnet18-5g --device-carbon $S/carbon/US-CAL-CISO_2023_hourly.csv \
+    --server-carbon $S/carbon/GB_2023_hourly.csv --events-per-hour 4 $B5G --alpha $a
+  ev fast_gb_alpha$a models/resnet18-5g --device-carbon $S/carbon/GB_2023_hourly.csv \
+    --server-carbon $S/carbon/DE-LU_2023_hourly.csv --events-per-hour 4 $B5G --alpha $a
 done
-ev fast_ea_us models/resnet18-5g-ea --device-carbon $S/carbon/US-CAL-CISO_2023_hourly.csv \
-  --server-carbon $S/carbon/GB_2023_hourly.csv --events-per-hour 4 --bandwidth $S/bandwidth/ucc5g_static_part1
-ev fast_ea_gb models/resnet18-5g-ea --device-carbon $S/carbon/GB_2023_hourly.csv \
-  --server-carbon $S/carbon/DE-LU_2023_hourly.csv --events-per-hour 4 --bandwidth $S/bandwidth/ucc5g_static_part1
-ev shift_zone_us models/resnet18-5g-ea --device-carbon $S/carbon/US-CAL-CISO_2023_hourly.csv \
-  --server-carbon $S/carbon/GB_2023_hourly.csv --events-per-hour 4 --bandwidth $S/bandwidth/ucc5g_static_part1 \
+# Shift: calibrated on DE-LU (zone) or on the static 5G link (link), tested elsewhere.
+ev shift_zone_us models/resnet18-5g --device-carbon $S/carbon/US-CAL-CISO_2023_hourly.csv \
+  --server-carbon $S/carbon/GB_2023_hourly.csv --events-per-hour 4 $B5G \
   --calibrate-device-carbon $S/carbon/DE-LU_2023_hourly.csv
-ev shift_zone_gb models/resnet18-5g-ea --device-carbon $S/carbon/GB_2023_hourly.csv \
-  --server-carbon $S/carbon/GB_2023_hourly.csv --events-per-hour 4 --bandwidth $S/bandwidth/ucc5g_static_part1 \
+ev shift_zone_gb models/resnet18-5g --device-carbon $S/carbon/GB_2023_hourly.csv \
+  --server-carbon $S/carbon/GB_2023_hourly.csv --events-per-hour 4 $B5G \
   --calibrate-device-carbon $S/carbon/DE-LU_2023_hourly.csv
-ev shift_link models/resnet18-5g-ea $FY --bandwidth $S/bandwidth/ucc5g_driving_lte_5g \
+ev shift_link models/resnet18-5g $FY --bandwidth $S/bandwidth/ucc5g_driving_lte_5g \
   --calibrate-bandwidth $S/bandwidth/ucc5g_static_part1
-ev shift_link_fixed models/resnet18-5g $FY --bandwidth $S/bandwidth/ucc5g_driving_lte_5g \
+# Alternatives: Q_θ's other objective, early abandonment off, the slack deadline rule.
+ev fast_ce models/resnet18-5g-ce $FY $B5G
+ev fast_no_abandon models/resnet18-5g-nab $FY $B5G
+ev shift_link_no_abandon models/resnet18-5g-nab $FY --bandwidth $S/bandwidth/ucc5g_driving_lte_5g \
   --calibrate-bandwidth $S/bandwidth/ucc5g_static_part1
-ev fast_ea_ce models/resnet18-5g-ea-ce $FY --bandwidth $S/bandwidth/ucc5g_static_part1
-ev fast_abandon models/resnet18-5g-ab $FY --bandwidth $S/bandwidth/ucc5g_static_part1
-for a in 0.05 0.2; do
-  ev fast_abandon_alpha$a models/resnet18-5g-ab $FY --bandwidth $S/bandwidth/ucc5g_static_part1 --alpha $a
-done
-ev abandon_shift_zone_us models/resnet18-5g-ab --device-carbon $S/carbon/US-CAL-CISO_2023_hourly.csv \
-  --server-carbon $S/carbon/GB_2023_hourly.csv --events-per-hour 4 --bandwidth $S/bandwidth/ucc5g_static_part1 \
-  --calibrate-device-carbon $S/carbon/DE-LU_2023_hourly.csv
-ev abandon_shift_link models/resnet18-5g-ab $FY --bandwidth $S/bandwidth/ucc5g_driving_lte_5g \
-  --calibrate-bandwidth $S/bandwidth/ucc5g_static_part1
+ev fast_slack models/resnet18-5g-slack $FY $B5G
