@@ -102,7 +102,10 @@ class CostModel:
         self.wc = ob.w_carbon / self._ref.carbon_g if self._ref.carbon_g > 0 else 0.0
         self.wt = ob.w_latency / self._ref.latency_ms if self._ref.latency_ms > 0 else 0.0
         self.wb = ob.w_battery / self._ref.battery_pct if self._ref.battery_pct > 0 else 0.0
-        # Plain floats for the scalar path (row): one tuple per remote partition p < P.
+        self._e_net_uj = self.e_net * 1e6  # uJ per bit
+        # Plain floats for the scalar path (row): one tuple per remote partition p < P. The
+        # network energy of a completed transfer does not depend on the context: computed here
+        # once, by the same operations row() would do.
         self._remote = [
             (
                 float(self.tau_d[p]),
@@ -111,7 +114,7 @@ class CostModel:
                 float(self.ret_k[p]),
                 float(self.rest[p]),
                 8.0 * float(pr.wire_bytes[p]),
-                8.0 * float(pr.return_bytes[p]),
+                self._e_net_uj * (8.0 * float(pr.wire_bytes[p]) + 8.0 * float(pr.return_bytes[p])),
             )
             for p in range(self.P)
         ]
@@ -123,10 +126,9 @@ class CostModel:
         self._tau_local = float(self.tau_d[self.P])
         self._wc_j = self.wc / J_PER_KWH  # J weight per (gCO2/kWh * J)
         self._wb_j = self.wb * self.soc_k  # J weight per J of device energy (before h)
-        self._e_net_uj = self.e_net * 1e6  # uJ per bit
         self._low, self._bk = float(ob.battery_low_pct), float(ob.battery_k)
-        self._gd = ([float(v) for v in pr.device_load_u], [float(v) for v in pr.device_slowdown_g])
-        self._gs = ([float(v) for v in pr.server_load_v], [float(v) for v in pr.server_slowdown_g])
+        self._gd = _curve(pr.device_load_u, pr.device_slowdown_g)
+        self._gs = _curve(pr.server_load_v, pr.server_slowdown_g)
         # Everything row() reads, fixed here and unpacked in one step per call (cheaper than
         # ~25 attribute loads).
         self._scalar = (
@@ -262,8 +264,8 @@ class CostModel:
         a * E_d + c * E_srv + wt * T with the per-context constants a and c folded once.
         """
         (p_act, p_idle, p_srv, wasted, dl, early, slo, slack, radio_a, radio_b, radio_cap,
-         e_net_uj, wc_j, wb_j, wt, fixed_id, tau_local, low, bk, gd_u, gd_g, gs_v, gs_g,
-         specs, all_p) = self._scalar  # fmt: skip
+         e_net_uj, wc_j, wb_j, wt, fixed_id, tau_local, low, bk, gd_u, gd_g, gd_seg, gs_v,
+         gs_g, gs_seg, specs, all_p) = self._scalar  # fmt: skip
         bw = bandwidth_mbps if bandwidth_mbps > 0.0 else 0.0
         rtt = ctx[1]
         # g_d(u), g_s(v): np.interp for one value (linear inside, flat outside), written out
@@ -274,16 +276,16 @@ class CostModel:
         elif u >= gd_u[-1]:
             gd = gd_g[-1]
         else:
-            i = bisect_right(gd_u, u)
-            gd = gd_g[i - 1] + (gd_g[i] - gd_g[i - 1]) * (u - gd_u[i - 1]) / (gd_u[i] - gd_u[i - 1])
+            u0, g0, dg, du = gd_seg[bisect_right(gd_u, u)]
+            gd = g0 + dg * (u - u0) / du
         v = ctx[3]
         if v <= gs_v[0]:
             gs = gs_g[0]
         elif v >= gs_v[-1]:
             gs = gs_g[-1]
         else:
-            i = bisect_right(gs_v, v)
-            gs = gs_g[i - 1] + (gs_g[i] - gs_g[i - 1]) * (v - gs_v[i - 1]) / (gs_v[i] - gs_v[i - 1])
+            v0, g0, dg, dv = gs_seg[bisect_right(gs_v, v)]
+            gs = g0 + dg * (v - v0) / dv
         b = ctx[6]
         h = 1.0 + (low - b) / low * bk if b < low else 1.0
         i_d = ctx[4] if fixed_id is None else fixed_id
@@ -295,7 +297,6 @@ class CostModel:
                 dl = slack_ms
                 wasted = slack_ms if early is None or early > slack_ms else early
         p_tx = p_idle + radio_a * (bw if bw < radio_cap else radio_cap) + radio_b
-        half_rtt = 0.5 * rtt
         lat: list[float] = []
         obj: list[float] = []
         try:
@@ -306,7 +307,7 @@ class CostModel:
                     lat.append(t)
                     obj.append(a * p_act * t + wt * t)
                     continue
-                tau_d, tau_s, up_k, ret_k, rest, bits, rbits = spec
+                tau_d, tau_s, up_k, ret_k, rest, bits, e_net_ok = spec
                 t_d = tau_d * gd
                 t_s = tau_s * gs
                 if bw > 0.0:
@@ -318,14 +319,14 @@ class CostModel:
                 if t_off <= dl:
                     t = t_d + t_off
                     e_d = p_act * t_d + p_tx * tx + p_idle * t_s
-                    e_s = p_srv * t_s + e_net_uj * (bits + rbits)
+                    e_s = p_srv * t_s + e_net_ok
                 else:
                     t_rest = rest * gd
                     w = wasted if up + rtt > dl else dl  # early only while sending (evaluate)
                     t = t_d + w + t_rest
                     e_d = p_act * (t_d + t_rest) + p_tx * w
                     sent = bw * 1e3 * w
-                    e_s = (p_srv * t_s if up + half_rtt <= w else 0.0) + e_net_uj * (
+                    e_s = (p_srv * t_s if up + 0.5 * rtt <= w else 0.0) + e_net_uj * (
                         bits if bits < sent else sent
                     )
                 lat.append(t)
@@ -344,6 +345,17 @@ class CostModel:
         """J for one context with the given bandwidth (pure Python): every partition, or
         only `partitions` (aligned with it), as in `row`."""
         return self.row(ctx, bandwidth_mbps, partitions)[1]
+
+
+def _curve(x: np.ndarray, y: np.ndarray) -> tuple[list[float], list[float], list[tuple]]:
+    """A load curve for row(): its points, and per segment i (from point i-1 to i; index 0
+    unused) (x_{i-1}, y_{i-1}, y_i - y_{i-1}, x_i - x_{i-1}), so one unpack replaces four
+    list reads and two subtractions (the same floats)."""
+    xs, ys = [float(v) for v in x], [float(v) for v in y]
+    seg = [(0.0, 0.0, 0.0, 0.0)] + [
+        (xs[i - 1], ys[i - 1], ys[i] - ys[i - 1], xs[i] - xs[i - 1]) for i in range(1, len(xs))
+    ]
+    return xs, ys, seg
 
 
 def cost_model_of(bundle: Any, objective_required: bool = True) -> CostModel:

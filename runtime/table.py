@@ -1,14 +1,14 @@
 """The threshold table the device decides from (METHOD.md §8; layout in docs/TABLE.md).
 
 JSON (`table/table.json`) plus flat .npy arrays, never pickle. numpy only; the per-decision
-path (`Table.cell_of`) is pure Python over lists prepared at load.
+path (`CellIndex.cell`) is pure Python over lists prepared at load.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,22 +224,38 @@ class CellIndex:
 
     def __init__(self, table: Table):
         self.edges = [list(e) for e in table.edges]
+        self.shape = table.shape
         self.strides = table.strides(table.shape)
         lat = table.strides(table.latency_shape)
         self.lat_strides = [0] * len(self.edges)
         for k, f in enumerate(LATENCY_FEATURES):
             self.lat_strides[f] = lat[k]
         self.active = [f for f, e in enumerate(self.edges) if e]
+        # What cell() walks: (feature, edges, stride) of the features that have edges (a
+        # feature without edges is always bin 0), one tuple unpack per feature per call.
+        self._walk = tuple((f, self.edges[f], self.strides[f]) for f in self.active)
+
+    def cell(self, row: Any) -> int:
+        """Table cell of one context row (CONTEXT_FIELDS order): the per-decision lookup.
+
+        bisect_right as in `Table.cells`: a value on an edge goes up, NaN to the last bin.
+        """
+        c = 0
+        for f, e, s in self._walk:
+            c += bisect_right(e, row[f]) * s
+        return c
+
+    def latency_cell(self, cell: int) -> int:
+        """The latency cell within a table cell: its latency features' bins are the cell's."""
+        lc = 0
+        for f in LATENCY_FEATURES:
+            lc += cell // self.strides[f] % self.shape[f] * self.lat_strides[f]
+        return lc
 
     def cell_of(self, row: Any) -> tuple[int, int]:
         """(table cell, latency cell) of one context row (CONTEXT_FIELDS order)."""
-        c = lc = 0
-        br = bisect.bisect_right
-        for f in self.active:
-            b = br(self.edges[f], row[f])
-            c += b * self.strides[f]
-            lc += b * self.lat_strides[f]
-        return c, lc
+        c = self.cell(row)
+        return c, self.latency_cell(c)
 
 
 def _check_shapes(t: Table, shape: tuple[int, ...], where: str, fix: str) -> None:

@@ -289,6 +289,26 @@ def test_row_subset_equals_the_full_rows_entries(objective: Objective) -> None:
     assert cm.row(ctx, 5.0, []) == ([], [])
 
 
+def test_row_load_curves_are_the_textbook_interpolation_to_the_bit() -> None:
+    """row() reads its load curves from per-segment constants: g(u) must be the very float
+    of g[i-1] + (g[i] - g[i-1]) * (u - u[i-1]) / (u[i] - u[i-1]), flat outside the curve."""
+    pr = resnet18_like_profile()
+    cm = CostModel(pr, Objective())
+    us, gs = list(pr.device_load_u), list(pr.device_slowdown_g)
+    tau = float(pr.device_ms[-1])
+    rng = np.random.default_rng(4)
+    for u in [*us, -0.3, 1.7, *rng.uniform(0.0, 1.0, 200).tolist()]:
+        if u <= us[0]:
+            g = gs[0]
+        elif u >= us[-1]:
+            g = gs[-1]
+        else:
+            i = next(k for k, x in enumerate(us) if x > u)
+            g = gs[i - 1] + (gs[i] - gs[i - 1]) * (u - us[i - 1]) / (us[i] - us[i - 1])
+        lat, _ = cm.row((10.0, 20.0, u, 0.5, 300.0, 300.0, 80.0), 10.0, [cm.P])
+        assert lat == [tau * g], u
+
+
 def test_row_subset_refuses_partitions_outside_the_model() -> None:
     cm = CostModel(resnet18_like_profile(), Objective())
     ctx = tuple(float(v) for v in random_contexts(1)[0])

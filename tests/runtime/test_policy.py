@@ -266,7 +266,7 @@ def test_decisions_on_the_set_equal_decisions_on_the_full_row(mode: str) -> None
 class _FlatCost:
     """A cost model pricing every partition alike: mode A has only ties to break."""
 
-    def __init__(self, latency_ms: float, slo: float = 300.0) -> None:
+    def __init__(self, latency_ms: float, slo: float | None = 300.0) -> None:
         self.latency_ms, self.slo = latency_ms, slo
 
     def row(self, ctx, bandwidth_mbps, partitions=None):
@@ -274,12 +274,13 @@ class _FlatCost:
         return [self.latency_ms] * n, [1.0] * n
 
 
-@pytest.mark.parametrize("latency_ms", [100.0, 900.0])  # all within the SLO / none within it
-def test_mode_a_ties_go_to_the_lowest_score_like_mode_m(latency_ms: float) -> None:
+# all within the SLO / none within it / no SLO
+@pytest.mark.parametrize(("latency_ms", "slo"), [(100.0, 300.0), (900.0, 300.0), (900.0, None)])
+def test_mode_a_ties_go_to_the_lowest_score_like_mode_m(latency_ms: float, slo) -> None:
     t = _table(SCORES, [[10] * 7] * 2, qhat=0.95)
     for bw in (1.0, 100.0):
-        a = TablePolicy(t, _FlatCost(latency_ms), "A", online="split").decide(_ctx(bw))
-        m = TablePolicy(t, _FlatCost(latency_ms), "M", online="split").decide(_ctx(bw))
+        a = TablePolicy(t, _FlatCost(latency_ms, slo), "A", online="split").decide(_ctx(bw))
+        m = TablePolicy(t, _FlatCost(latency_ms, slo), "M", online="split").decide(_ctx(bw))
         assert len(a.candidates) > 2 and a.partition == m.partition
 
 
