@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 _SOURCES = (
     "tests/tiny_bundle.py",
     "tooling/export.py",
+    "tooling/tflite_fixups.py",
     "tooling/cuts.py",
     "models/zoo.py",
     "runtime/bundle.py",

@@ -34,6 +34,7 @@ from carboncp.runtime.bundle import (
     save_manifest,
 )
 from carboncp.runtime.errors import CarbonCPError, ConfigError
+from carboncp.tooling.tflite_fixups import cast_before_transpose
 
 FORMATS = ("pte", "tflite")
 VERIFY_SAMPLES = 8
@@ -99,6 +100,10 @@ def _export_tflite(module: Any, example: Any, path: Path) -> None:
     _config.config.show_progress = False  # its rich console output would drown ours
     edge = litert_torch.convert(module, (example,))
     edge.export(str(path))
+    # tflite-runtime 2.14 would run none of the graph on XNNPACK (tooling/tflite_fixups.py).
+    data, swapped = cast_before_transpose(path.read_bytes())
+    if swapped:
+        path.write_bytes(data)
 
 
 _OURS = {MANIFEST, "heads", "tails"}

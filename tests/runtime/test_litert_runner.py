@@ -36,6 +36,14 @@ def test_backend_is_named(runner):
         assert runner.backend == "tflite_runtime"
 
 
+def test_every_head_runs_on_xnnpack(bundle, runner):
+    # Both interpreters show delegated partitions as DELEGATE nodes (a private API, the only
+    # view of it). tflite-runtime 2.14 delegated nothing before tooling/tflite_fixups.py.
+    for p in range(1, bundle.last + 1):
+        interp = runner._load(p)[0]
+        assert "DELEGATE" in [op["op_name"] for op in interp._get_ops_details()], p
+
+
 def test_every_head_gives_the_manifest_shape_and_dtype(bundle, runner):
     (x,) = _images(bundle, 1)
     for part in bundle.partitions[1:]:
