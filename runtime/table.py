@@ -252,11 +252,6 @@ class CellIndex:
             lc += cell // self.strides[f] % self.shape[f] * self.lat_strides[f]
         return lc
 
-    def cell_of(self, row: Any) -> tuple[int, int]:
-        """(table cell, latency cell) of one context row (CONTEXT_FIELDS order)."""
-        c = self.cell(row)
-        return c, self.latency_cell(c)
-
 
 def _check_shapes(t: Table, shape: tuple[int, ...], where: str, fix: str) -> None:
     """The arrays agree with each other and with the edges (a table that loads decides)."""

@@ -226,13 +226,10 @@ def assemble(settings: Any, carbon: Any = None) -> Iterator[tuple[Any, Iterator[
     bundle = Bundle.load(settings.bundle)
     cost_model = cost_model_of(bundle)
     policy = make_policy(settings, bundle, cost_model)
-    head_options = {"max_loaded": settings.max_loaded_heads or None}
-    head = make_runner(
-        bundle,
-        backend=settings.backend,
-        part="head",
-        **(head_options if settings.backend == "litert" else {}),
-    )
+    # Only the LiteRT runner caches heads (settings.max_loaded_heads; 0 = keep all).
+    litert = settings.backend == "litert"
+    options = {"max_loaded": settings.max_loaded_heads or None} if litert else {}
+    head = make_runner(bundle, backend=settings.backend, part="head", **options)
     with contextlib.ExitStack() as stack:
         stack.callback(head.close)
         tail = None

@@ -56,7 +56,7 @@ def test_cell_equals_the_numpy_lookup() -> None:
     for i, r in enumerate(x.tolist()):
         row = tuple(r)
         assert index.cell(row) == cells[i], row
-        assert index.cell_of(row) == (cells[i], lat_cells[i]), row
+        assert index.latency_cell(index.cell(row)) == lat_cells[i], row
     # for every cell of the table, the latency cell is the one its bins give
     for c in range(table.scores.shape[0]):
         bins = np.unravel_index(c, table.shape)

@@ -208,7 +208,8 @@ def _random_table(rng: np.random.Generator, p1: int = 7) -> Table:
 def _decide_on_the_full_row(pol: TablePolicy, row: tuple[float, ...]) -> tuple[int, tuple]:
     """The decision as it was made before mode A priced only its set: the whole row
     (partitions=None) indexed by partition. Returns (partition, candidates)."""
-    cell, lcell = pol.index.cell_of(row)
+    cell = pol.index.cell(row)
+    lcell = pol.index.latency_cell(cell)
     s = pol.scores[cell]
     q = pol.threshold(row)
     cand = [p for p in range(pol.p1) if s[p] <= q]
