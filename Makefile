@@ -7,7 +7,7 @@ VENV ?= .venv
 TFLITE_VENV ?= .venv-tflite
 BIN := $(VENV)/bin
 # torch==2.13.0 sits on the same pip line as everything that needs torch, or pip may reach
-# for a multi-GB CUDA build (CONVENTIONS.md, dependency facts).
+# for a multi-GB CUDA build (docs/METHOD.md Appendix A).
 PIP_ALL := torch==2.13.0 -e .[all]
 
 .PHONY: demo test lint test-py test-tflite-runtime bench clean
@@ -28,7 +28,7 @@ lint: $(BIN)/.installed
 test-py: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
-# tflite-runtime 2.14.0 needs numpy<2, so it cannot share the main venv (CONVENTIONS.md):
+# tflite-runtime 2.14.0 needs numpy<2, so it cannot share the main venv (docs/METHOD.md Appendix A):
 # the LiteRT-runner tests run again in their own small venv, against a bundle the main venv exports.
 $(TFLITE_VENV)/.installed: pyproject.toml
 	test -x $(TFLITE_VENV)/bin/python || $(PY) -m venv $(TFLITE_VENV)
