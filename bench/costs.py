@@ -23,10 +23,10 @@ def _best_us(fn, number: int) -> float:  # type: ignore[no-untyped-def]
 
 
 def main() -> int:
-    from carboncp.runtime.costs import CostModel
-    from carboncp.runtime.objective import Objective
-    from carboncp.runtime.profile import Profile
-    from carboncp.runtime.traces import (
+    from carboncp.runtime.decision.costs import CostModel
+    from carboncp.runtime.decision.objective import Objective
+    from carboncp.runtime.decision.profile import Profile
+    from carboncp.runtime.signals.traces import (
         load_bandwidth_trace,
         load_carbon_csv,
         shipped_bandwidth_path,

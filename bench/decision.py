@@ -31,10 +31,10 @@ def _stats(ns: list[int]) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from carboncp.runtime.bundle import Bundle
-    from carboncp.runtime.context import Context
+    from carboncp.runtime.artifacts.bundle import Bundle
+    from carboncp.runtime.decision.context import Context
+    from carboncp.runtime.decision.policy import TablePolicy
     from carboncp.runtime.errors import CarbonCPError
-    from carboncp.runtime.policy import TablePolicy
     from carboncp.tooling.build import default_traces
     from carboncp.tooling.evaluate import cost_model_of, make_replay
     from carboncp.tooling.qnet import context_features
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def context_to_row(c: object) -> tuple[float, ...]:
-    from carboncp.runtime.context import context_to_row as f
+    from carboncp.runtime.decision.context import context_to_row as f
 
     return f(c)  # type: ignore[arg-type]
 

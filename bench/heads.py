@@ -37,8 +37,8 @@ RSS_CHILD = textwrap.dedent(
     for name in ("torch", "executorch", "carboncp.tooling"):
         sys.modules[name] = None  # the device has neither
     import numpy as np
-    from carboncp.runtime.bundle import Bundle
-    from carboncp.runtime.runners import LiteRTRunner
+    from carboncp.runtime.artifacts.bundle import Bundle
+    from carboncp.runtime.artifacts.runners import LiteRTRunner
     bundle = Bundle.load(sys.argv[1])
     max_loaded = int(sys.argv[3]) or None
     runner = LiteRTRunner(bundle, num_threads=int(sys.argv[2]), max_loaded=max_loaded)
@@ -85,7 +85,7 @@ PAUSE_S = 0.3
 
 
 def measure(bundle, repeat: int, warmup: int, threads: int) -> list[dict]:
-    from carboncp.runtime.runners import ExecuTorchRunner, LiteRTRunner
+    from carboncp.runtime.artifacts.runners import ExecuTorchRunner, LiteRTRunner
 
     eager = _eager_heads(bundle, threads)
     fns = {"eager": eager}
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", type=Path, help="also write a PNG bar chart")
     args = ap.parse_args(argv)
 
-    from carboncp.runtime.bundle import Bundle
+    from carboncp.runtime.artifacts.bundle import Bundle
 
     bundle = Bundle.load(args.bundle)
     print(

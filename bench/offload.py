@@ -65,9 +65,9 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=200)
     args = ap.parse_args()
     from carboncp.runtime import wire
-    from carboncp.runtime.bundle import Bundle
-    from carboncp.runtime.offload import OffloadClient
-    from carboncp.runtime.server import EdgeHTTPServer, TailService
+    from carboncp.runtime.artifacts.bundle import Bundle
+    from carboncp.runtime.link.offload import OffloadClient
+    from carboncp.runtime.link.server import EdgeHTTPServer, TailService
 
     path = Path(args.bundle)
     if not (path / "manifest.json").is_file():

@@ -1,6 +1,6 @@
 """ResNet-18 with torchvision's module names, so torchvision state_dicts load unchanged.
 
-Cut points (METHOD §1): input | stem | layer1 | layer2 | layer3 | layer4 | avgpool+fc.
+Cut points (docs/METHOD.md §1): input | stem | layer1 | layer2 | layer3 | layer4 | avgpool+fc.
 """
 
 from __future__ import annotations

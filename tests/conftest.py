@@ -2,7 +2,7 @@
 
 `tiny_bundle` (session): the Path of a real bundle exported from tests/tiny_bundle.py (a small
 CNN with a residual block; partitions p = 0..3; uint8 input [1, 3, 32, 32]; heads .pte and
-.tflite, tails .pte). Load it with `carboncp.runtime.bundle.Bundle.load(tiny_bundle)`.
+.tflite, tails .pte). Load it with `carboncp.runtime.artifacts.bundle.Bundle.load(tiny_bundle)`.
 It is SHARED and must be treated as read-only: a test that changes files or the manifest uses
 `tiny_bundle_copy` (a fresh copy in tmp_path) instead.
 
@@ -29,7 +29,7 @@ _SOURCES = (
     "tooling/tflite_fixups.py",
     "tooling/cuts.py",
     "models/zoo.py",
-    "runtime/bundle.py",
+    "runtime/artifacts/bundle.py",
 )
 
 
@@ -50,7 +50,7 @@ def _cache_key() -> str:
 
 
 def _usable(path: Path) -> bool:
-    from carboncp.runtime.bundle import Bundle
+    from carboncp.runtime.artifacts.bundle import Bundle
     from carboncp.runtime.errors import BundleError
 
     try:

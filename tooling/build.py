@@ -4,7 +4,7 @@ selection -> threshold table -> calibration -> bundle sections 'table' and 'qnet
 Without trace options it uses the slices shipped in carboncp.runtime.data: device zone
 DE-LU (the dirtier grid), server zone GB (cleaner), bandwidth `norway_bus_1` (the fastest
 shipped link, 3G at about 3.3 Mbit/s). On such a link local execution is usually optimal for
-ResNet-18 on a Pi 4 (METHOD §9's null scenario): the bundle works, but saves little. Pass
+ResNet-18 on a Pi 4 (docs/METHOD.md §9's null scenario): the bundle works, but saves little. Pass
 a faster trace (`--bandwidth`) for a scenario where offloading pays.
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from carboncp.runtime.bundle import Bundle
-from carboncp.runtime.conformal import check_alpha
+from carboncp.runtime.artifacts.bundle import Bundle
+from carboncp.runtime.decision.conformal import check_alpha
 from carboncp.runtime.errors import BundleError, CarbonCPError, ConfigError
-from carboncp.runtime.traces import shipped_bandwidth_path, shipped_carbon_path
+from carboncp.runtime.signals.traces import shipped_bandwidth_path, shipped_carbon_path
 
 DEFAULT_DEVICE_ZONE = "DE-LU"
 DEFAULT_SERVER_ZONE = "GB"
@@ -91,7 +91,7 @@ def train_and_compile(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Replay, train both Q_θ objectives, keep the better, compile + calibrate the table."""
-    from carboncp.runtime.costs import cost_model_of
+    from carboncp.runtime.decision.costs import cost_model_of
     from carboncp.tooling.evaluate import make_replay
     from carboncp.tooling.qnet import train_q
     from carboncp.tooling.table_build import (
@@ -269,8 +269,8 @@ def _reuse_profile(out: Path, objective: str | Path | None, progress: bool) -> N
     write the objective section when one is given."""
     from dataclasses import replace
 
-    from carboncp.runtime.objective import load_objective
-    from carboncp.runtime.profile import load_profile
+    from carboncp.runtime.decision.objective import load_objective
+    from carboncp.runtime.decision.profile import load_profile
     from carboncp.tooling.profile import write_sections
 
     bundle = Bundle.load(out)
@@ -292,7 +292,7 @@ def _profile(
     from carboncp.tooling.profile import profile_bundle
 
     # float16 activations on the wire where the export measured their output error (the
-    # image at p = 0 is always sent as uint8): METHOD §1.
+    # image at p = 0 is always sent as uint8): docs/METHOD.md §1.
     pkw: dict[str, Any] = {
         "device_profile": device_profile,
         "quick": quick_profile,

@@ -1,4 +1,4 @@
-"""Contexts from real traces (METHOD.md §2, §9): what happened, and what the device could know.
+"""Contexts from real traces (docs/METHOD.md §2, §9): what happened, and what the device could know.
 
 `build_replay` places inference events on the carbon traces' common period and gives each
 event a TRUE context (what the costs and the oracle label use) and a SEEN context x̂ (what
@@ -28,7 +28,7 @@ the device knows when it decides). The processes, and the only ways x̂ differs 
   stops running inferences there); recharges at `charge_mw` between `charge_start_h` and
   `charge_end_h` device-local time, up to 100%. Seen = true rounded to 1% (fuel gauge).
 - Device intensity (`device_intensity`): "live" (default) puts the device zone's live value
-  in I_d, METHOD's proxy; "charging" puts the intensity of the grid that charged the
+  in I_d, the proxy of docs/METHOD.md §3; "charging" puts the intensity of the grid that charged the
   battery: the live value while on the charger, otherwise the mean over the most recent
   charging window (known to the device, so seen = true).
 Everything is seeded by `seed`. The costs and the label come from the true context.
@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from carboncp.runtime.context import CONTEXT_FIELDS
-from carboncp.runtime.costs import CostModel, Costs
+from carboncp.runtime.decision.context import CONTEXT_FIELDS
+from carboncp.runtime.decision.costs import CostModel, Costs
 from carboncp.runtime.errors import TraceError
-from carboncp.runtime.traces import HOUR_S, BandwidthTrace, CarbonTrace
+from carboncp.runtime.signals.traces import HOUR_S, BandwidthTrace, CarbonTrace
 
 DAY_S = 86400
 BW_FLOOR_MBPS = 1e-3  # log-bandwidth residuals treat rates below this (outages) as this

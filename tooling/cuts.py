@@ -28,7 +28,7 @@ class Normalize(nn.Module):
     """uint8 image -> float32, (x/255 - mean)/std, folded into one affine op per channel.
 
     It runs inside every head (p >= 1) and inside the p = 0 tail, so the uint8 image is what
-    the device holds and what crosses the link at p = 0 (METHOD §1).
+    the device holds and what crosses the link at p = 0 (docs/METHOD.md §1).
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:

@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 from carboncp.runtime.errors import CarbonCPError
-from carboncp.runtime.objective import Objective
+from carboncp.runtime.decision.objective import Objective
 
 HOUR_S = 3600
 # Mode A's conformal bandwidth factor is known only once the table is trained; choosing the
@@ -102,7 +102,7 @@ def say(msg: str, cfg: DemoConfig) -> None:
 
 def scaled_trace_file(cfg: DemoConfig, folder: Path, scale: float) -> Path:
     """The shipped bandwidth trace with every rate x scale, in the trace's own text format."""
-    from carboncp.runtime.traces import load_bandwidth_trace, shipped_bandwidth_path
+    from carboncp.runtime.signals.traces import load_bandwidth_trace, shipped_bandwidth_path
 
     tr = load_bandwidth_trace(shipped_bandwidth_path(cfg.bandwidth))
     folder.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,7 @@ def scaled_trace_file(cfg: DemoConfig, folder: Path, scale: float) -> Path:
 def ensure_bundle(cfg: DemoConfig) -> tuple[Path, float]:
     """Reuse the demo bundle when it was built for these settings, else build it, its table
     trained on the demo's own scenario (zones, scaled link). Returns (bundle, link scale)."""
-    from carboncp.runtime.bundle import Bundle
+    from carboncp.runtime.artifacts.bundle import Bundle
 
     marker = cfg.bundle / "demo-build.json"
     want = {
@@ -140,7 +140,7 @@ def ensure_bundle(cfg: DemoConfig) -> tuple[Path, float]:
                 return cfg.bundle, float(got["scale_used"])
         except (CarbonCPError, ValueError, OSError, KeyError, TypeError):
             pass
-    from carboncp.runtime.traces import shipped_carbon_path
+    from carboncp.runtime.signals.traces import shipped_carbon_path
     from carboncp.tooling.build import build_bundle
 
     say(
@@ -170,9 +170,9 @@ def ensure_bundle(cfg: DemoConfig) -> tuple[Path, float]:
 
 def _auto_scale(cfg: DemoConfig) -> float:
     """Export and profile the bundle, then let plan_scenario choose the link's scale."""
-    from carboncp.runtime.bundle import Bundle
-    from carboncp.runtime.commands.run import cost_model_of
-    from carboncp.runtime.traces import (
+    from carboncp.runtime.artifacts.bundle import Bundle
+    from carboncp.runtime.device.wiring import optional_cost_model as cost_model_of
+    from carboncp.runtime.signals.traces import (
         load_bandwidth_trace,
         load_carbon_csv,
         shipped_bandwidth_path,
@@ -484,18 +484,19 @@ class VirtualClock:
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from carboncp.runtime.bandwidth import BandwidthEstimator
-    from carboncp.runtime.broker import start_broker
-    from carboncp.runtime.bundle import Bundle
-    from carboncp.runtime.commands.run import cost_model_of
-    from carboncp.runtime.loop import DeviceLoop, LoadSampler, LoopConfig
-    from carboncp.runtime.mqtt import CarbonPublisher, CarbonSubscriber
-    from carboncp.runtime.offload import OffloadClient
-    from carboncp.runtime.policy import TablePolicy
-    from carboncp.runtime.policy_fixed import FixedPolicy
-    from carboncp.runtime.runners import make_runner
-    from carboncp.runtime.shaping import LinkShaper
-    from carboncp.runtime.traces import (
+    from carboncp.runtime.signals.bandwidth import BandwidthEstimator
+    from carboncp.tooling.broker import start_broker
+    from carboncp.runtime.artifacts.bundle import Bundle
+    from carboncp.runtime.device.wiring import optional_cost_model as cost_model_of
+    from carboncp.runtime.device.loop import DeviceLoop, LoopConfig
+    from carboncp.runtime.signals.load import LoadSampler
+    from carboncp.runtime.signals.mqtt import CarbonPublisher, CarbonSubscriber
+    from carboncp.runtime.link.offload import OffloadClient
+    from carboncp.runtime.decision.policy import TablePolicy
+    from carboncp.runtime.decision.baselines import FixedPolicy
+    from carboncp.runtime.artifacts.runners import make_runner
+    from carboncp.runtime.link.shaping import LinkShaper
+    from carboncp.runtime.signals.traces import (
         load_bandwidth_trace,
         load_carbon_csv,
         shipped_bandwidth_path,

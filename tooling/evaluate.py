@@ -1,4 +1,4 @@
-"""Replay a test period through CarbonCP and the baselines (METHOD.md §9); metrics + plots.
+"""Replay a test period through CarbonCP and the baselines (docs/METHOD.md §9); metrics + plots.
 
 The replay is recomputed from the traces with the bundle's own profile and objective; the
 decisions come from the bundle's table through the real runtime `TablePolicy`. The table's
@@ -17,18 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from carboncp.runtime.bundle import Bundle
-from carboncp.runtime.conformal import (
+from carboncp.runtime.artifacts.bundle import Bundle
+from carboncp.runtime.decision.conformal import (
     ACI,
     BinnedLogit,
     WeightedCP,
     check_alpha,
     split_threshold,
 )
-from carboncp.runtime.costs import CostModel, cost_model_of
-from carboncp.runtime.policy import TablePolicy
-from carboncp.runtime.table import Table
-from carboncp.runtime.traces import load_bandwidth_trace, load_carbon_csv
+from carboncp.runtime.decision.costs import CostModel, cost_model_of
+from carboncp.runtime.decision.policy import TablePolicy
+from carboncp.runtime.decision.table import Table
+from carboncp.runtime.signals.traces import load_bandwidth_trace, load_carbon_csv
 from carboncp.tooling.contexts import build_replay
 from carboncp.tooling.table_build import calibrate_from_replay, load_qnet, split_indices
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from carboncp.runtime.bundle import (
+from carboncp.runtime.artifacts.bundle import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -379,7 +379,7 @@ def _verify(
     formats: Sequence[str],
     float16: bool,
 ) -> list[str]:
-    from carboncp.runtime.runners import ExecuTorchRunner, LiteRTRunner
+    from carboncp.runtime.artifacts.runners import ExecuTorchRunner, LiteRTRunner
 
     bundle = Bundle.load(root)
     P = bundle.last

@@ -1,4 +1,4 @@
-"""Background CPU load for profiling the slow-down g(u) (METHOD.md §3).
+"""Background CPU load for profiling the slow-down g(u) (docs/METHOD.md §3).
 
 `BackgroundLoad(level)` keeps `level * n_cpus` cores busy while it is open: one process per
 busy core, each running a duty-cycled busy loop (busy for `duty * period_s`, then asleep for

@@ -1,6 +1,6 @@
 """Profile a bundle on this machine and write its 'profile' and 'objective' sections.
 
-What is measured here, with the runtime's own runners (`carboncp.runtime.runners`):
+What is measured here, with the runtime's own runners (`carboncp.runtime.artifacts.runners`):
 - tau_d(p): each head's latency (LiteRT by default), median and p90 over `repeats` rounds
   after `warmup` runs, on a fixed seeded uint8 image. Partitions are timed round-robin (each
   round runs every head once), so that other work on the machine slows all alike; heads are
@@ -28,16 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from carboncp.runtime.bundle import Bundle, register_file, save_manifest
+from carboncp.runtime.artifacts.bundle import Bundle, register_file, save_manifest
 from carboncp.runtime.checks import check_choice, check_number
 from carboncp.runtime.errors import ConfigError
-from carboncp.runtime.objective import (
+from carboncp.runtime.decision.objective import (
     DEFAULT_SERVER_MARGINAL_MW,
     RADIO_MODELS,
     Objective,
     load_objective,
 )
-from carboncp.runtime.profile import Profile
+from carboncp.runtime.decision.profile import Profile
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -206,7 +206,7 @@ def _say(msg: str, progress: bool) -> None:
 
 
 def _input(bundle: Bundle, p: int, part: str, rng: np.random.Generator) -> np.ndarray:
-    from carboncp.runtime.runners import expected_input
+    from carboncp.runtime.artifacts.runners import expected_input
 
     dtype, shape = expected_input(bundle, p, part)
     if dtype == "uint8":
@@ -337,7 +337,7 @@ def profile_bundle(
     or a PowerSource) measures idle and active power here instead of taking the device
     profile's; only for a device profile whose latencies are measured on this machine.
     """
-    from carboncp.runtime.runners import make_runner
+    from carboncp.runtime.artifacts.runners import make_runner
 
     if wire_dtype not in ("float32", "float16"):
         raise ConfigError(f"wire dtype must be 'float32' or 'float16', got {wire_dtype!r}")

@@ -1,4 +1,4 @@
-"""Q_θ, the implicit predictor of METHOD.md §5: a small MLP scoring every partition.
+"""Q_θ, the implicit predictor of docs/METHOD.md §5: a small MLP scoring every partition.
 
 Q_θ(x̂, p) takes the normalised decision-time context x̂ and a descriptor of partition p
 (log wire bytes, head and tail latency, one-hot p) and returns an energy; lower is better.

@@ -1,4 +1,4 @@
-"""Compile Q_θ into the threshold table (METHOD.md §8) and calibrate it.
+"""Compile Q_θ into the threshold table (docs/METHOD.md §8) and calibrate it.
 
 Bins go where the cost model's decision changes, not at training quantiles: for each
 context feature we sweep a physical range (bandwidth 0.05-1000 Mbit/s on a log grid,
@@ -24,16 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from carboncp.runtime.bundle import MANIFEST, register_file, save_manifest
-from carboncp.runtime.conformal import (
+from carboncp.runtime.artifacts.bundle import MANIFEST, register_file, save_manifest
+from carboncp.runtime.decision.conformal import (
     BinnedLogit,
     check_alpha,
     lower_bound_offset,
     split_threshold,
     upper_bound_offset,
 )
-from carboncp.runtime.context import CONTEXT_FIELDS
-from carboncp.runtime.table import LATENCY_FEATURES, TABLE_JSON, Table
+from carboncp.runtime.decision.context import CONTEXT_FIELDS
+from carboncp.runtime.decision.table import LATENCY_FEATURES, TABLE_JSON, Table
 
 # Physical sweep ranges per feature (CONTEXT_FIELDS order) and whether the axis is log.
 RANGES: list[tuple[float, float, bool]] = [

@@ -65,10 +65,11 @@ def table(bundle: Any) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from carboncp.runtime.bundle import MANIFEST, Bundle, section_fault
+    from carboncp.runtime.artifacts.bundle import MANIFEST, Bundle, section_fault
+    from carboncp.runtime.decision.sections import check_sections
 
     bundle = Bundle.load(args.bundle, verify=not args.no_verify)
-    bundle.check_sections()
+    check_sections(bundle)
     # Descriptive fields (tools, tolerances, weights) of a hand-edited manifest: one line too.
     with section_fault(bundle.path / MANIFEST, "rebuild it with 'carboncp export'"):
         _show(bundle, args)

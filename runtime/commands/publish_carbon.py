@@ -127,11 +127,11 @@ def _parse_start(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from carboncp.runtime.carbon_signals import ZONE_RE
     from carboncp.runtime.checks import check_number
     from carboncp.runtime.errors import ConfigError
-    from carboncp.runtime.mqtt import CarbonPublisher
-    from carboncp.runtime.traces import load_carbon_csv
+    from carboncp.runtime.signals.carbon import ZONE_RE
+    from carboncp.runtime.signals.mqtt import CarbonPublisher
+    from carboncp.runtime.signals.traces import load_carbon_csv
 
     check_number(args.speed, "--speed", lo=0)  # before connecting: fail in a moment, not 10 s
     check_number(args.count, "--count", lo=1, none_ok=True)

@@ -33,17 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch's pool fights XNNPACK otherwise
-    from carboncp.runtime.bundle import Bundle
+    from carboncp.runtime.artifacts.bundle import Bundle
     from carboncp.runtime.checks import check_number
+    from carboncp.runtime.decision.sections import check_sections
     from carboncp.runtime.errors import ConfigError
-    from carboncp.runtime.server import EdgeHTTPServer, TailService, executorch_tails, warm_up
+    from carboncp.runtime.link.server import EdgeHTTPServer, TailService, executorch_tails, warm_up
 
     check_number(args.max_concurrency, "--max-concurrency", lo=1)
     check_number(args.max_body_mb, "--max-body-mb", lo=0, lo_open=True, hi=4096)
     check_number(args.port, "--port", lo=0, hi=65535)
     token = args.token or os.environ.get("CARBONCP_SERVER_TOKEN") or None
     bundle = Bundle.load(args.bundle)
-    bundle.check_sections()  # the devices decide from them: a corrupt one is a bad deployment
+    check_sections(bundle)  # the devices decide from them: a corrupt one is a bad deployment
     service = TailService(bundle, executorch_tails(bundle), max_concurrency=args.max_concurrency)
     try:
         httpd = EdgeHTTPServer(

@@ -1,6 +1,6 @@
 """Sensor faults and the checked read of one sysfs-style number file.
 
-Every reading goes through parse -> finite -> range -> staleness (CONVENTIONS.md 2). A fault
+Every reading goes through parse -> finite -> range -> staleness (docs/METHOD.md Appendix B.2). A fault
 raises `SensorFault` with a short `kind` from `FAULT_KINDS`; the energy meter counts it by kind,
 falls back to the modelled energy and flags the measurement `sensor_fault:<kind>` (docs/FAULTS.md).
 """

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from carboncp.runtime.bundle import MANIFEST, Bundle, register_file, save_manifest
+from carboncp.runtime.artifacts.bundle import MANIFEST, Bundle, register_file, save_manifest
+from carboncp.runtime.artifacts.runners import LiteRTRunner
 from carboncp.runtime.errors import BundleError
-from carboncp.runtime.runners import LiteRTRunner
 
 
 def _edit_manifest(root: Path, edit) -> Path:

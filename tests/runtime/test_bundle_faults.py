@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from carboncp.runtime.bundle import Bundle, register_file, save_manifest
+from carboncp.runtime.artifacts.bundle import Bundle, register_file, save_manifest
 from carboncp.runtime.cli import main as cli_main
-from carboncp.runtime.conformal import BinnedLogit
-from carboncp.runtime.costs import cost_model_of
+from carboncp.runtime.decision.conformal import BinnedLogit
+from carboncp.runtime.decision.costs import cost_model_of
+from carboncp.runtime.decision.sections import check_sections
+from carboncp.runtime.decision.table import Table
 from carboncp.runtime.errors import BundleError, CarbonCPError
-from carboncp.runtime.table import Table
 
 from tests.support.decision import make_bundle
 
@@ -135,7 +136,7 @@ def _corrupt(good: Path, tmp_path: Path, case: str) -> Path:
 
 def test_the_uncorrupted_bundle_loads(good: Path, capsys) -> None:
     b = Bundle.load(good)
-    b.check_sections()
+    check_sections(b)
     assert Table.from_bundle(b).n_partitions == b.last + 1 == P1
     assert b.last == cost_model_of(b).P
     assert cli_main(["inspect", str(good)]) == 0
@@ -145,7 +146,7 @@ def test_the_uncorrupted_bundle_loads(good: Path, capsys) -> None:
 def test_corrupt_section_is_one_clear_line(good: Path, tmp_path: Path, capsys, case: str) -> None:
     root = _corrupt(good, tmp_path, case)
     with pytest.raises(CarbonCPError) as ei:
-        Bundle.load(root).check_sections()
+        check_sections(Bundle.load(root))
     assert str(root) in str(ei.value) and CASES[case][1] in str(ei.value)
     capsys.readouterr()
     assert cli_main(["inspect", str(root)]) == 2
@@ -165,7 +166,7 @@ def test_policy_and_cost_model_read_the_objective_the_same_way(good: Path, tmp_p
     objective section is the same BundleError for all of them."""
     import shutil
 
-    from carboncp.runtime.policy import TablePolicy
+    from carboncp.runtime.decision.policy import TablePolicy
 
     root = tmp_path / "b"
     shutil.copytree(good, root)
@@ -190,7 +191,7 @@ def test_inspect_shows_a_bad_descriptive_field_as_one_line(
     m = json.loads((root / "manifest.json").read_text())
     m["verification"] = {"samples": 8, "tolerance_max_abs": "x"}
     save_manifest(root, m)
-    Bundle.load(root).check_sections()  # loads: nothing the device uses is wrong
+    check_sections(Bundle.load(root))  # loads: nothing the device uses is wrong
     assert cli_main(["inspect", str(root)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "manifest.json" in err

@@ -6,14 +6,14 @@ import json
 from datetime import datetime, timezone
 
 import pytest
-from carboncp.runtime.carbon_signals import (
+from carboncp.runtime.errors import SignalError
+from carboncp.runtime.signals.carbon import (
     LBS_PER_MWH_TO_G_PER_KWH,
     PayloadError,
     ReplayClock,
     format_carbon_payload,
     parse_carbon_payload,
 )
-from carboncp.runtime.errors import SignalError
 
 NOW = datetime(2024, 3, 1, 12, 30, tzinfo=timezone.utc).timestamp()
 T = "carboncp/carbon/DE"

@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from carboncp.runtime.conformal import BinnedLogit
-from carboncp.runtime.table import CellIndex, Table
+from carboncp.runtime.decision.conformal import BinnedLogit
+from carboncp.runtime.decision.table import CellIndex, Table
 
 # Every kind of feature: several edges, none (always bin 0), one, duplicated edge values.
 EDGES = [[2.0, 10.0, 40.0, 120.0], [], [0.25, 0.5, 0.75], [0.5], [150.0, 150.0, 400.0], [80.0], []]

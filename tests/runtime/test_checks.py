@@ -8,8 +8,8 @@ import math
 import pytest
 from carboncp.runtime.checks import check_choice, check_number
 from carboncp.runtime.cli import main as cli_main
+from carboncp.runtime.device.settings import load_settings
 from carboncp.runtime.errors import ConfigError
-from carboncp.runtime.settings import load_settings
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,7 @@ def test_serve_flags_out_of_range(tmp_path, capsys, flags) -> None:
 
 @pytest.mark.parametrize("flags", [["--speed", "nan"], ["--speed", "-1"], ["--count", "0"]])
 def test_publish_carbon_checks_flags_before_connecting(capsys, flags) -> None:
-    from carboncp.runtime.traces import shipped_carbon_path
+    from carboncp.runtime.signals.traces import shipped_carbon_path
 
     trace = str(shipped_carbon_path("GB"))
     # port 1 on loopback: nothing listens; the flag must be refused before any connect wait
@@ -86,7 +86,7 @@ def test_check_choice_refuses_non_members_of_any_type(value) -> None:
 
 @pytest.mark.parametrize("url", ["http://[::1", "http://host:0", "http://h:99999", "ftp://h:1"])
 def test_bad_server_urls_are_config_errors(url) -> None:
-    from carboncp.runtime.offload import parse_server_url
+    from carboncp.runtime.link.offload import parse_server_url
 
     with pytest.raises(ConfigError, match="server url"):
         parse_server_url(url)
@@ -94,15 +94,15 @@ def test_bad_server_urls_are_config_errors(url) -> None:
 
 @pytest.mark.parametrize("url", ["mqtt://[::1", "mqtt://h:0", "mqtts://h:70000", "http://h"])
 def test_bad_broker_urls_are_config_errors(url) -> None:
-    from carboncp.runtime.mqtt import parse_broker_url
+    from carboncp.runtime.signals.mqtt import parse_broker_url
 
     with pytest.raises(ConfigError, match="broker URL"):
         parse_broker_url(url)
 
 
 def test_urls_keep_their_default_ports() -> None:
-    from carboncp.runtime.mqtt import parse_broker_url
-    from carboncp.runtime.offload import parse_server_url
+    from carboncp.runtime.link.offload import parse_server_url
+    from carboncp.runtime.signals.mqtt import parse_broker_url
 
     assert parse_server_url("http://edge.lan") == ("edge.lan", 80)
     assert parse_server_url("http://[::1]:8000") == ("::1", 8000)

@@ -1,4 +1,4 @@
-"""Statistical tests of split CP, weighted CP and ACI (runtime/conformal.py)."""
+"""Statistical tests of split CP, weighted CP and ACI (runtime/decision/conformal.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from carboncp.runtime.conformal import (
+from carboncp.runtime.decision.conformal import (
     ACI,
     BinnedLogit,
     SmallCalibrationWarning,

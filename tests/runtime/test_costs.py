@@ -1,13 +1,13 @@
-"""Cost model: hand-checked numbers from METHOD §3-4, deadline fallback, outages, the oracle's
+"""Cost model: hand-checked numbers from docs/METHOD.md §3-4, deadline fallback, outages, the oracle's
 SLO rule, and agreement of the pure-Python row path with the vectorised one."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from carboncp.runtime.costs import CostModel
-from carboncp.runtime.objective import Objective
-from carboncp.runtime.profile import Profile
+from carboncp.runtime.decision.costs import CostModel
+from carboncp.runtime.decision.objective import Objective
+from carboncp.runtime.decision.profile import Profile
 
 from tests.support.cost_fixtures import random_contexts, resnet18_like_profile
 

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from carboncp.runtime.bundle import Bundle, register_file, save_manifest
-from carboncp.runtime.costs import CostModel
-from carboncp.runtime.loop import DeviceLoop, LoadSampler, LoopConfig
-from carboncp.runtime.mqtt import CarbonPublisher, CarbonSubscriber
-from carboncp.runtime.objective import Objective
-from carboncp.runtime.offload import OffloadClient
-from carboncp.runtime.policy_fixed import ArgminPolicy
-from carboncp.runtime.runners import make_runner
+from carboncp.runtime.artifacts.bundle import Bundle, register_file, save_manifest
+from carboncp.runtime.artifacts.runners import make_runner
+from carboncp.runtime.decision.baselines import ArgminPolicy
+from carboncp.runtime.decision.costs import CostModel
+from carboncp.runtime.decision.objective import Objective
+from carboncp.runtime.device.loop import DeviceLoop, LoopConfig
+from carboncp.runtime.link.offload import OffloadClient
+from carboncp.runtime.signals.load import LoadSampler
+from carboncp.runtime.signals.mqtt import CarbonPublisher, CarbonSubscriber
 
 from tests.support.edge_server import ServerProcess, synthetic_profile
 from tests.support.mosquitto import start_mosquitto
@@ -108,7 +109,7 @@ def test_carbon_over_mqtt_moves_decisions(tiny_bundle, broker, server, subscribe
 def _with_table(bundle_dir: Path, tmp_path: Path) -> Path:
     """Give the tiny bundle a profile/objective and a real threshold table (tooling build)."""
     pytest.importorskip("carboncp.tooling.build", reason="carboncp.tooling (the build step)")
-    from carboncp.runtime.traces import load_bandwidth_trace, shipped_bandwidth_path
+    from carboncp.runtime.signals.traces import load_bandwidth_trace, shipped_bandwidth_path
     from carboncp.tooling.build import train_and_compile
 
     b = Bundle.load(bundle_dir)
@@ -127,8 +128,8 @@ def _with_table(bundle_dir: Path, tmp_path: Path) -> Path:
 
 
 def test_table_policy_in_the_loop(tiny_bundle_copy, tmp_path, broker, server, subscriber):
-    from carboncp.runtime.commands.run import cost_model_of
-    from carboncp.runtime.policy import TablePolicy
+    from carboncp.runtime.device.wiring import optional_cost_model as cost_model_of
+    from carboncp.runtime.decision.policy import TablePolicy
 
     bundle = Bundle.load(_with_table(tiny_bundle_copy, tmp_path))
     policy = TablePolicy.from_bundle(bundle, mode="A")
@@ -151,8 +152,8 @@ def test_carboncp_run_settings_with_broker_server_and_shaping(
     tiny_bundle, broker, server, tmp_path
 ):
     """`carboncp run`'s assembly: MQTT carbon, the server, a shaped link (a shipped trace)."""
-    from carboncp.runtime.commands.run import assemble
-    from carboncp.runtime.settings import load_settings
+    from carboncp.runtime.device.wiring import open_device
+    from carboncp.runtime.device.settings import load_settings
 
     with CarbonPublisher(broker.url) as pub:
         now = time.time()
@@ -164,7 +165,8 @@ def test_carboncp_run_settings_with_broker_server_and_shaping(
         "device_zone": "PL", "server_zone": "FR", "policy": "server", "count": 4,
         "shape_trace": "norway_bus_1", "shape_scale": 15.0, "log": str(log), "float16": True,
     })  # fmt: skip
-    with assemble(s) as (loop, inputs, _):
+    with open_device(s) as device:
+        loop, inputs = device.loop, device.inputs
         loop.carbon.wait_connected(10)
         assert loop.carbon.wait_for("PL", lambda r: r.gco2_per_kwh == 700.0, timeout=5)
         recs = list(loop.run(inputs))

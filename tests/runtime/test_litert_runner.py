@@ -8,9 +8,9 @@ import os
 
 import numpy as np
 import pytest
-from carboncp.runtime.bundle import Bundle
+from carboncp.runtime.artifacts.bundle import Bundle
+from carboncp.runtime.artifacts.runners import LiteRTRunner, make_runner
 from carboncp.runtime.errors import BundleError
-from carboncp.runtime.runners import LiteRTRunner, make_runner
 
 
 @pytest.fixture(scope="module")

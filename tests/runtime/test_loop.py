@@ -8,16 +8,17 @@ import json
 
 import numpy as np
 import pytest
-from carboncp.runtime.bundle import Bundle
-from carboncp.runtime.context import Decision
-from carboncp.runtime.costs import CostModel
+from carboncp.runtime.artifacts.bundle import Bundle
+from carboncp.runtime.artifacts.runners import make_runner
+from carboncp.runtime.decision.baselines import ArgminPolicy, FixedPolicy
+from carboncp.runtime.decision.context import Decision
+from carboncp.runtime.decision.costs import CostModel
+from carboncp.runtime.decision.objective import Objective
+from carboncp.runtime.device.loop import DeviceLoop, LoopConfig, StaticCarbon
+from carboncp.runtime.device.settings import load_settings
 from carboncp.runtime.errors import ConfigError
-from carboncp.runtime.loop import DeviceLoop, LoadSampler, LoopConfig, StaticCarbon
-from carboncp.runtime.objective import Objective
-from carboncp.runtime.offload import OffloadClient
-from carboncp.runtime.policy_fixed import ArgminPolicy, FixedPolicy
-from carboncp.runtime.runners import make_runner
-from carboncp.runtime.settings import load_settings
+from carboncp.runtime.link.offload import OffloadClient
+from carboncp.runtime.signals.load import LoadSampler
 
 from tests.support.edge_server import ServerProcess, free_port, synthetic_profile
 
@@ -185,13 +186,14 @@ def test_settings_from_toml_and_cli(tmp_path, tiny_bundle):
 @pytest.mark.parametrize(("setting", "want"), [(None, 1), (2, 2), (0, None)])
 def test_max_loaded_heads_reaches_the_litert_runner(tiny_bundle, setting, want) -> None:
     # The device keeps one LiteRT head loaded by default (memory: docs/DEPLOY.md); 0 = all.
-    from carboncp.runtime.commands.run import assemble
-    from carboncp.runtime.runners import expected_input
+    from carboncp.runtime.artifacts.runners import expected_input
+    from carboncp.runtime.device.wiring import open_device
 
     s = load_settings(
         None, {"bundle": str(tiny_bundle), "policy": "local", "max_loaded_heads": setting}
     )
-    with assemble(s) as (loop, _inputs, _log):
+    with open_device(s) as device:
+        loop, _inputs = device.loop, device.inputs
         bundle = loop.head.bundle
         assert loop.head.max_loaded == want
         for p in range(1, bundle.last + 1):
@@ -269,7 +271,7 @@ def test_a_failing_head_falls_back_to_the_full_model(bundle, head):
 def test_image_inputs_npy_shapes_and_png_without_pillow(tmp_path, tiny_bundle, monkeypatch):
     import sys
 
-    from carboncp.runtime.commands.run import iter_inputs
+    from carboncp.runtime.device.inputs import iter_inputs
 
     b = Bundle.load(tiny_bundle)
     shape = b.input_shape
@@ -298,7 +300,7 @@ def test_carboncp_run_stops_with_one_line_when_nothing_can_compute(
     # The device's model fails and no server is configured: no answer exists, so the CLI
     # says why in one line (exit 2) instead of a traceback.
     from carboncp.runtime import cli
-    from carboncp.runtime.loop import DeviceLoop
+    from carboncp.runtime.device.loop import DeviceLoop
 
     def broken(self, x):
         raise RuntimeError("interpreter fault")

@@ -9,14 +9,15 @@ import json
 
 import numpy as np
 import pytest
-from carboncp.runtime.bundle import Bundle
-from carboncp.runtime.context import Decision
-from carboncp.runtime.costs import CostModel
+from carboncp.runtime.artifacts.bundle import Bundle
+from carboncp.runtime.decision.baselines import FixedPolicy
+from carboncp.runtime.decision.context import Decision
+from carboncp.runtime.decision.costs import CostModel
+from carboncp.runtime.decision.objective import Objective
+from carboncp.runtime.device.loop import DeviceLoop, LoopConfig, StaticCarbon
 from carboncp.runtime.errors import OffloadError
-from carboncp.runtime.loop import DeviceLoop, LoadSampler, LoopConfig, StaticCarbon
-from carboncp.runtime.objective import Objective
-from carboncp.runtime.offload import OffloadResult
-from carboncp.runtime.policy_fixed import FixedPolicy
+from carboncp.runtime.link.offload import OffloadResult
+from carboncp.runtime.signals.load import LoadSampler
 
 from tests.support.edge_server import synthetic_profile
 
@@ -185,7 +186,7 @@ def test_when_the_full_model_fails_on_the_device_the_server_runs_it(bundle) -> N
 @pytest.mark.parametrize("content", [b"garbage", b"\x89PNG\r\n\x1a\n", b""])
 def test_an_unreadable_image_input_is_a_config_error(bundle, tmp_path, content) -> None:
     pytest.importorskip("PIL", reason="Pillow (comes with matplotlib) reads PNG inputs")
-    from carboncp.runtime.commands.run import iter_inputs
+    from carboncp.runtime.device.inputs import iter_inputs
     from carboncp.runtime.errors import ConfigError
 
     (tmp_path / "x.png").write_bytes(content)

@@ -7,9 +7,9 @@ import shutil
 import subprocess
 
 import pytest
-from carboncp.runtime.broker import AmqttBroker, free_port, start_broker, wait_port
 from carboncp.runtime.errors import SignalError
-from carboncp.runtime.mqtt import CarbonSubscriber, publish_carbon
+from carboncp.runtime.signals.mqtt import CarbonSubscriber, publish_carbon
+from carboncp.tooling.broker import AmqttBroker, free_port, start_broker, wait_port
 
 from tests.support.mosquitto import readable_dir, start_mosquitto
 
@@ -49,7 +49,7 @@ def test_mosquitto_broker_restart_keeps_retained_and_stop_is_idempotent():
 
 def test_config_extra_without_mosquitto_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    monkeypatch.setattr("carboncp.runtime.broker.os.access", lambda p, m: False)
+    monkeypatch.setattr("carboncp.tooling.broker.os.access", lambda p, m: False)
     from carboncp.runtime.errors import BackendMissingError
 
     with pytest.raises(BackendMissingError, match="apt-get install mosquitto"):

@@ -10,9 +10,14 @@ import threading
 import time
 
 import pytest
-from carboncp.runtime.carbon_signals import format_carbon_payload
 from carboncp.runtime.errors import ConfigError
-from carboncp.runtime.mqtt import CarbonPublisher, CarbonSubscriber, carbon_topic, publish_carbon
+from carboncp.runtime.signals.carbon import format_carbon_payload
+from carboncp.runtime.signals.mqtt import (
+    CarbonPublisher,
+    CarbonSubscriber,
+    carbon_topic,
+    publish_carbon,
+)
 
 from tests.support.mosquitto import start_mosquitto, write_auth
 
@@ -29,7 +34,7 @@ class StatusWatcher:
 
     def __init__(self, url: str, topic: str) -> None:
         import paho.mqtt.client as paho
-        from carboncp.runtime.mqtt import parse_broker_url
+        from carboncp.runtime.signals.mqtt import parse_broker_url
 
         a = parse_broker_url(url)
         self.values: list[str] = []

@@ -9,8 +9,8 @@ import sys
 import textwrap
 
 import numpy as np
-from carboncp.runtime.bundle import Bundle
-from carboncp.runtime.runners import LiteRTRunner
+from carboncp.runtime.artifacts.bundle import Bundle
+from carboncp.runtime.artifacts.runners import LiteRTRunner
 
 CHILD = textwrap.dedent(
     """
@@ -20,9 +20,9 @@ CHILD = textwrap.dedent(
     for name in ("torch", "executorch", "litert_torch", "carboncp.tooling"):
         sys.modules[name] = None
     import numpy as np
-    from carboncp.runtime.bundle import Bundle
+    from carboncp.runtime.artifacts.bundle import Bundle
     from carboncp.runtime.errors import BackendMissingError
-    from carboncp.runtime.runners import ExecuTorchRunner, make_runner
+    from carboncp.runtime.artifacts.runners import ExecuTorchRunner, make_runner
     import carboncp.runtime.cli  # the CLI dispatcher too
 
     bundle = Bundle.load(sys.argv[1])

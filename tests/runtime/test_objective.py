@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from carboncp.runtime.decision.objective import RADIO_MODELS, Objective, load_objective
 from carboncp.runtime.errors import ConfigError
-from carboncp.runtime.objective import RADIO_MODELS, Objective, load_objective
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "docs" / "objective.example.toml"

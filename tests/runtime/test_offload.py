@@ -8,13 +8,13 @@ import threading
 
 import numpy as np
 import pytest
-from carboncp.runtime.bandwidth import BandwidthEstimator
-from carboncp.runtime.bundle import Bundle
+from carboncp.runtime.artifacts.bundle import Bundle
 from carboncp.runtime.errors import ConfigError, OffloadError
-from carboncp.runtime.offload import OffloadClient
-from carboncp.runtime.server import EdgeHTTPServer, TailService
-from carboncp.runtime.shaping import LinkShaper
-from carboncp.runtime.traces import BandwidthTrace
+from carboncp.runtime.link.offload import OffloadClient
+from carboncp.runtime.link.server import EdgeHTTPServer, TailService
+from carboncp.runtime.link.shaping import LinkShaper
+from carboncp.runtime.signals.bandwidth import BandwidthEstimator
+from carboncp.runtime.signals.traces import BandwidthTrace
 
 from tests.support.edge_server import free_port
 
@@ -126,7 +126,7 @@ def test_outage_on_a_shaped_link_times_out_at_the_deadline(served, bundle):
 
 def test_a_link_too_slow_for_the_deadline_is_abandoned_early(served, bundle):
     """0.1 Mbit/s: 8 KiB need ~0.7 s; with a 0.5 s deadline the first chunks show it cannot
-    finish, so the transfer stops well before the deadline (METHOD §3's early abandon)."""
+    finish, so the transfer stops well before the deadline (docs/METHOD.md §3's early abandon)."""
     httpd, _ = served
     client = OffloadClient(httpd.url, bundle, shaper=LinkShaper(_trace(0.1)))
     with pytest.raises(OffloadError) as e:
@@ -224,7 +224,7 @@ def test_server_url_is_checked(bundle):
 def test_pacing_always_finishes_on_a_real_trace():
     """Regression: float residue once kept pace() looping until the deadline on ~10% of
     the offsets of norway_bus_1 x 15, failing fast transfers as timeouts."""
-    from carboncp.runtime.traces import load_bandwidth_trace, shipped_bandwidth_path
+    from carboncp.runtime.signals.traces import load_bandwidth_trace, shipped_bandwidth_path
 
     now = [0.0]
 

@@ -10,10 +10,10 @@ import threading
 
 import numpy as np
 import pytest
-from carboncp.runtime import wire
-from carboncp.runtime.bundle import Bundle
-from carboncp.runtime.offload import OffloadClient, OffloadFailed
-from carboncp.runtime.server import RequestError, TailService
+from carboncp.runtime.artifacts.bundle import Bundle
+from carboncp.runtime.link import wire
+from carboncp.runtime.link.offload import OffloadClient, OffloadFailed
+from carboncp.runtime.link.server import RequestError, TailService
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -8,12 +8,12 @@ import sys
 
 import numpy as np
 import pytest
-from carboncp.runtime.bundle import Bundle
-from carboncp.runtime.conformal import BinnedLogit
-from carboncp.runtime.context import Context, Decision, Policy
+from carboncp.runtime.artifacts.bundle import Bundle
+from carboncp.runtime.decision.conformal import BinnedLogit
+from carboncp.runtime.decision.context import Context, Decision, Policy
+from carboncp.runtime.decision.policy import TablePolicy
+from carboncp.runtime.decision.table import Table
 from carboncp.runtime.errors import ConfigError
-from carboncp.runtime.policy import TablePolicy
-from carboncp.runtime.table import Table
 
 from tests.support.decision import cost_model, make_bundle, trained
 
@@ -173,7 +173,7 @@ def test_from_bundle_decides_like_the_tooling_table(tmp_path) -> None:
 
 def test_runtime_policy_imports_neither_torch_nor_tooling() -> None:
     code = (
-        "import sys, carboncp.runtime.policy, carboncp.runtime.table, carboncp.runtime.conformal;"
+        "import sys, carboncp.runtime.decision.policy, carboncp.runtime.decision.table, carboncp.runtime.decision.conformal;"
         "bad = [m for m in sys.modules if m == 'torch' or m.startswith('carboncp.tooling')];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -9,11 +9,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from carboncp.runtime.carbon_signals import ReplayClock
 from carboncp.runtime.cli import main
 from carboncp.runtime.commands.publish_carbon import replay_trace
-from carboncp.runtime.mqtt import CarbonSubscriber
-from carboncp.runtime.traces import load_carbon_csv
+from carboncp.runtime.signals.carbon import ReplayClock
+from carboncp.runtime.signals.mqtt import CarbonSubscriber
+from carboncp.runtime.signals.traces import load_carbon_csv
 
 from tests.support.mosquitto import start_mosquitto
 
@@ -118,7 +118,7 @@ def test_cli_wrong_password_exits_2_with_clear_message(tmp_path):
 
 def test_shared_replay_clock_keeps_publisher_and_subscriber_in_step(mosquitto):
     """The demo's way: one ReplayClock drives both the replay thread and the subscriber."""
-    from carboncp.runtime.mqtt import CarbonPublisher
+    from carboncp.runtime.signals.mqtt import CarbonPublisher
 
     trace = load_carbon_csv(TRACE)
     clock = ReplayClock(float(trace.t_s[10]), speed=7200.0)  # 0.5 s per trace hour

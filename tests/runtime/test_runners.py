@@ -16,8 +16,8 @@ for _mod, _extra in (("torch", "tooling"), ("executorch", "executorch")):
     else:
         pytest.importorskip(_mod, reason=f"needs {_mod} (the {_extra} extra)")
 
-from carboncp.runtime.bundle import Bundle  # noqa: E402
-from carboncp.runtime.runners import ExecuTorchRunner, LiteRTRunner, make_runner  # noqa: E402
+from carboncp.runtime.artifacts.bundle import Bundle  # noqa: E402
+from carboncp.runtime.artifacts.runners import ExecuTorchRunner, LiteRTRunner, make_runner  # noqa: E402
 
 TOL = 1e-4
 

@@ -14,11 +14,11 @@ import time
 
 import numpy as np
 import pytest
-from carboncp.runtime import wire
-from carboncp.runtime.bundle import Bundle
-from carboncp.runtime.offload import OffloadClient
-from carboncp.runtime.runners import make_runner
-from carboncp.runtime.server import EdgeHTTPServer, TailService, executorch_tails, warm_up
+from carboncp.runtime.artifacts.bundle import Bundle
+from carboncp.runtime.artifacts.runners import make_runner
+from carboncp.runtime.link import wire
+from carboncp.runtime.link.offload import OffloadClient
+from carboncp.runtime.link.server import EdgeHTTPServer, TailService, executorch_tails, warm_up
 
 from tests.support.edge_server import ServerProcess
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from carboncp.runtime.carbon_signals import PayloadError, parse_carbon_payload
+from carboncp.runtime.signals.carbon import PayloadError, parse_carbon_payload
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

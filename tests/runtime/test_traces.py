@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from carboncp.runtime.errors import TraceError
-from carboncp.runtime.traces import (
+from carboncp.runtime.signals.traces import (
     DATA_DIR,
     TraceRepairWarning,
     load_bandwidth_trace,

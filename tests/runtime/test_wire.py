@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from carboncp.runtime import wire
-from carboncp.runtime.bundle import Bundle
+from carboncp.runtime.artifacts.bundle import Bundle
+from carboncp.runtime.link import wire
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from carboncp.runtime.profile import Profile
+from carboncp.runtime.decision.profile import Profile
 
 
 def resnet18_like_profile(device_scale: float = 10.0) -> Profile:
-    """ResNet-18-shaped profile: host latencies (CONVENTIONS) scaled for a slow device."""
+    """ResNet-18-shaped profile: host latencies (docs/METHOD.md Appendix A) scaled for a slow device."""
     dm = np.array([0.0, 1.0, 2.5, 4.2, 6.1, 7.9, 8.2]) * device_scale
     return Profile(
         device_ms=dm,

@@ -4,10 +4,10 @@ and small replays on the shipped trace slices."""
 from __future__ import annotations
 
 import numpy as np
-from carboncp.runtime.costs import CostModel
-from carboncp.runtime.objective import Objective
-from carboncp.runtime.profile import Profile
-from carboncp.runtime.traces import (
+from carboncp.runtime.decision.costs import CostModel
+from carboncp.runtime.decision.objective import Objective
+from carboncp.runtime.decision.profile import Profile
+from carboncp.runtime.signals.traces import (
     load_bandwidth_trace,
     load_carbon_csv,
     shipped_bandwidth_path,
@@ -19,7 +19,7 @@ HOUR_S = 3600
 
 
 def resnet18_profile(device_scale: float = 1.0) -> Profile:
-    """ResNet-18 on a Pi-4-class device: activation bytes from CONVENTIONS.md (uint8 image at
+    """ResNet-18 on a Pi-4-class device: activation bytes from docs/METHOD.md Appendix A (uint8 image at
     p = 0, float16 activations), head latencies shaped like the stage costs, Pi 4 power."""
     device_ms = np.array([0.0, 9.0, 22.0, 38.0, 54.0, 70.0, 72.0]) * device_scale
     return Profile(
@@ -71,7 +71,12 @@ def make_bundle(root, profile: Profile | None = None, objective: Objective | Non
     import json
     from pathlib import Path
 
-    from carboncp.runtime.bundle import FORMAT, FORMAT_VERSION, register_file, save_manifest
+    from carboncp.runtime.artifacts.bundle import (
+        FORMAT,
+        FORMAT_VERSION,
+        register_file,
+        save_manifest,
+    )
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

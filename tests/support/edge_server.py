@@ -119,7 +119,7 @@ def free_port() -> int:
 def synthetic_profile(bundle, device_ms_full: float = 50.0, server_ms_full: float = 10.0):
     """A Pi-like profile for a bundle: device time grows linearly along the partitions, the
     server is 25x faster; powers and bytes as a Pi 4 on WiFi. For tests of decisions only."""
-    from carboncp.runtime.profile import Profile
+    from carboncp.runtime.decision.profile import Profile
 
     P = bundle.last
     frac = np.linspace(0.0, 1.0, P + 1)

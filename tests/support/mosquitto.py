@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from carboncp.runtime.broker import MosquittoBroker, free_port, start_broker
+from carboncp.tooling.broker import MosquittoBroker, free_port, start_broker
 
 
 def mosquitto_exe() -> str | None:

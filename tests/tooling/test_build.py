@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from carboncp.runtime.bundle import Bundle
+from carboncp.runtime.artifacts.bundle import Bundle
 from carboncp.runtime.errors import CarbonCPError, ConfigError
-from carboncp.runtime.policy import TablePolicy
-from carboncp.runtime.table import Table
-from carboncp.runtime.traces import shipped_carbon_path
+from carboncp.runtime.decision.policy import TablePolicy
+from carboncp.runtime.decision.table import Table
+from carboncp.runtime.signals.traces import shipped_carbon_path
 from carboncp.tooling.build import build_bundle, select_q, train_and_compile
 from carboncp.tooling.table_build import load_qnet
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from carboncp.runtime.costs import CostModel
+from carboncp.runtime.decision.costs import CostModel
 from carboncp.runtime.errors import TraceError
-from carboncp.runtime.objective import Objective
-from carboncp.runtime.traces import (
+from carboncp.runtime.decision.objective import Objective
+from carboncp.runtime.signals.traces import (
     BandwidthTrace,
     CarbonTrace,
     load_bandwidth_trace,

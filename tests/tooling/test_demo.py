@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from carboncp.runtime.bundle import Bundle
-from carboncp.runtime.context import Context, Decision
+from carboncp.runtime.artifacts.bundle import Bundle
+from carboncp.runtime.decision.context import Context, Decision
 
 from tests.support.mosquitto import require_mosquitto
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from carboncp.runtime.cli import main as cli_main
 from carboncp.runtime.errors import ConfigError, TraceError
-from carboncp.runtime.traces import shipped_carbon_path
+from carboncp.runtime.signals.traces import shipped_carbon_path
 from carboncp.tooling.build import train_and_compile
 from carboncp.tooling.evaluate import POLICIES, evaluate
 

@@ -15,7 +15,7 @@ torch = (
     else pytest.importorskip("torch", reason="needs torch (the tooling extra)")
 )
 
-from carboncp.runtime.bundle import Bundle  # noqa: E402
+from carboncp.runtime.artifacts.bundle import Bundle  # noqa: E402
 from carboncp.tooling.export import _verify, export_bundle  # noqa: E402
 
 from tests.tiny_bundle import SPEC, tiny_net  # noqa: E402
@@ -46,7 +46,7 @@ def test_verification_detects_a_wrong_artifact(tiny_bundle_copy):
     manifest = json.loads((tiny_bundle_copy / "manifest.json").read_text())
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, b.input_shape, dtype=np.uint8) for _ in range(2)]
-    from carboncp.runtime.runners import ExecuTorchRunner
+    from carboncp.runtime.artifacts.runners import ExecuTorchRunner
 
     tail = ExecuTorchRunner(b, part="tail")
     refs = [tail.run(0, im) for im in images]
@@ -77,7 +77,7 @@ def test_export_with_weights_file_and_tflite_heads_only(tmp_path):
     assert all(p.tail == {"pte": f"tails/p{p.p}.pte"} for p in b.partitions[:-1])
     assert all(p.float16 is None for p in b.partitions)
     # the exported model computes with the file's weights, not the seeded ones
-    from carboncp.runtime.runners import LiteRTRunner
+    from carboncp.runtime.artifacts.runners import LiteRTRunner
 
     model = tiny_net()
     model.load_state_dict(torch.load(weights, weights_only=True))

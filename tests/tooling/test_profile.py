@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from carboncp.runtime.bundle import Bundle
+from carboncp.runtime.artifacts.bundle import Bundle
 from carboncp.runtime.cli import main
-from carboncp.runtime.costs import CostModel
+from carboncp.runtime.decision.costs import CostModel
 from carboncp.runtime.errors import ConfigError
-from carboncp.runtime.objective import Objective
-from carboncp.runtime.profile import load_profile
+from carboncp.runtime.decision.objective import Objective
+from carboncp.runtime.decision.profile import load_profile
 from carboncp.tooling.loadgen import BackgroundLoad
 from carboncp.tooling.profile import (
     device_profile_names,

@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
-from carboncp.runtime.bundle import Bundle
-from carboncp.runtime.conformal import split_threshold
+from carboncp.runtime.artifacts.bundle import Bundle
+from carboncp.runtime.decision.conformal import split_threshold
 from carboncp.runtime.errors import BundleError
-from carboncp.runtime.table import Table
+from carboncp.runtime.decision.table import Table
 from carboncp.tooling.table_build import (
     calibrate_from_replay,
     choose_edges,

@@ -25,7 +25,7 @@ def add_replay_arguments(
 def check_replay_arguments(args: argparse.Namespace) -> None:
     """A ConfigError naming the flag for a value the replay cannot use."""
     from carboncp.runtime.checks import check_number
-    from carboncp.runtime.conformal import check_alpha
+    from carboncp.runtime.decision.conformal import check_alpha
 
     if args.alpha is not None:
         check_alpha(args.alpha, "--alpha")

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from carboncp.runtime.bundle import Bundle
+from carboncp.runtime.artifacts.bundle import Bundle
 from carboncp.runtime.errors import BackendMissingError, BundleError
 
 PARTS = ("head", "tail")
@@ -199,7 +199,7 @@ class ExecuTorchRunner:
         self.bundle = bundle
         self.part = part
         self.backend = "executorch"
-        # torch's OpenMP pool fights XNNPACK's threads (CONVENTIONS.md); must precede torch import.
+        # torch's OpenMP pool fights XNNPACK's threads (docs/METHOD.md Appendix A); must precede torch import.
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         try:
             import torch

@@ -1,4 +1,4 @@
-"""The device-side decision (METHOD.md §6-8): context -> cell -> conformal set -> SLO guard
+"""The device-side decision (docs/METHOD.md §6-8): context -> cell -> conformal set -> SLO guard
 -> mode (R, M or A), with ACI state and a window for weighted CP. numpy only, no torch.
 
 The per-decision path is pure Python over lists prepared at load (no numpy per call); the
@@ -15,10 +15,10 @@ from collections import deque
 from typing import Any, NamedTuple
 
 import numpy as np
-from carboncp.runtime.conformal import ACI, BinnedLogit, WeightedCP, check_alpha
-from carboncp.runtime.context import Context, Decision
+from carboncp.runtime.decision.conformal import ACI, BinnedLogit, WeightedCP, check_alpha
+from carboncp.runtime.decision.context import Context, Decision
+from carboncp.runtime.decision.table import CellIndex, Table
 from carboncp.runtime.errors import BundleError, ConfigError
-from carboncp.runtime.table import CellIndex, Table
 
 MODES = ("A", "M", "R")
 ONLINE = ("aci", "weighted", "split")
@@ -86,7 +86,7 @@ class TablePolicy:
         if alpha is None or alpha == table.alpha:
             self.qhat = float(table.qhat)
         else:  # recompute q̂ at the requested α from the stored calibration scores
-            from carboncp.runtime.conformal import split_threshold
+            from carboncp.runtime.decision.conformal import split_threshold
 
             self.qhat = split_threshold(cal, self.alpha)
         self.aci = ACI(self.alpha, gamma, cal)
@@ -116,7 +116,7 @@ class TablePolicy:
         **kw: Any,
     ) -> TablePolicy:
         """Load the table, the profile and the objective the bundle was built for."""
-        from carboncp.runtime.costs import cost_model_of
+        from carboncp.runtime.decision.costs import cost_model_of
 
         cost = cost_model_of(bundle)  # a bundle without an objective: BundleError naming it
         return cls(Table.from_bundle(bundle), cost, mode, alpha, seed, online, **kw)
@@ -277,6 +277,11 @@ class TablePolicy:
     @property
     def coverage(self) -> float:
         return 1.0 - self.n_errors / self.n_observed if self.n_observed else float("nan")
+
+    @property
+    def events_since_refit(self) -> int:
+        """Observations since weighted CP last refit its weights (0 right after a refit)."""
+        return self._since_refit
 
 
 def _row(ctx: Context) -> tuple[float, ...]:

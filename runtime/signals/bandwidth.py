@@ -1,6 +1,6 @@
 """Bandwidth and RTT estimate from measured offloads (EWMA), with an optional active probe.
 
-Each offload measures its realised uplink rate and round trip (runtime/offload.py); the
+Each offload measures its realised uplink rate and round trip (runtime/link/offload.py); the
 estimate is an exponentially weighted moving average of log-bandwidth (rates are multiplicative:
 a 2 -> 20 Mbit/s swing should not be averaged arithmetically) and of RTT. A transfer that was
 abandoned tells the estimator the rate was at most bytes_sent / elapsed, which it takes as a

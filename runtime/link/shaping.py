@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from carboncp.runtime.traces import BandwidthTrace
+from carboncp.runtime.signals.traces import BandwidthTrace
 
 _OUTAGE_POLL_S = 0.05
 _CONTINUE_S = 0.005  # a chunk this close after the previous one's end continues its transfer

@@ -1,7 +1,7 @@
 """Policies that need no threshold table: baselines and the loop's stand-ins.
 
 `FixedPolicy(p)` always picks p (local-only is p = P, server-only is p = 0). `ArgminPolicy`
-picks the cost model's argmin J on the context the device sees (METHOD §4's objective with
+picks the cost model's argmin J on the context the device sees (docs/METHOD.md §4's objective with
 the SLO as a hard filter), i.e. a greedy decision without the conformal set: the baseline
 CarbonCP's table is measured against, and the loop's policy when a bundle has no table.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from carboncp.runtime.context import Context, Decision, context_to_row
+from carboncp.runtime.decision.context import Context, Decision, context_to_row
 
 
 class FixedPolicy:

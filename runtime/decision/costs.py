@@ -1,4 +1,4 @@
-"""Per-inference cost of every partition, and the objective J (METHOD.md §3-4; docs/COSTS.md).
+"""Per-inference cost of every partition, and the objective J (docs/METHOD.md §3-4; docs/COSTS.md).
 
 Two paths compute the same numbers: `CostModel.evaluate` (numpy, many contexts at once: the
 replay, labels, evaluation) and `CostModel.row` / `row_objective` (pure Python, one context,
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from carboncp.runtime.context import CONTEXT_FIELDS
+from carboncp.runtime.decision.context import CONTEXT_FIELDS
+from carboncp.runtime.decision.objective import Objective
+from carboncp.runtime.decision.profile import Profile, load_profile
 from carboncp.runtime.errors import BundleError
-from carboncp.runtime.objective import Objective
-from carboncp.runtime.profile import Profile, load_profile
 
 J_PER_KWH = 3.6e6
 _INF = float("inf")
@@ -58,7 +58,7 @@ class Reference:
 
 
 class CostModel:
-    """METHOD §3-4 for one profile and one objective.
+    """docs/METHOD.md §3-4 for one profile and one objective.
 
     Transfer of partition p < P over bandwidth B (Mbit/s): upload 8*D_p/B, RTT, the tail
     T_s = tau_s(p)*g_s(v) on the server, the result's return 8*R_p/B. The round from the start

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from carboncp.runtime.errors import TraceError
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).parent.parent / "data"
 HOUR_S = 3600
 MAX_INTERPOLATED_GAP_H = 3  # missing hours in a row that are filled by interpolation
 

@@ -1,4 +1,4 @@
-"""The threshold table the device decides from (METHOD.md §8; layout in docs/TABLE.md).
+"""The threshold table the device decides from (docs/METHOD.md §8; layout in docs/TABLE.md).
 
 JSON (`table/table.json`) plus flat .npy arrays, never pickle. numpy only; the per-decision
 path (`CellIndex.cell`) is pure Python over lists prepared at load.
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from carboncp.runtime.bundle import section_fault
-from carboncp.runtime.conformal import BinnedLogit
-from carboncp.runtime.context import CONTEXT_FIELDS
+from carboncp.runtime.artifacts.bundle import section_fault
+from carboncp.runtime.decision.conformal import BinnedLogit
+from carboncp.runtime.decision.context import CONTEXT_FIELDS
 from carboncp.runtime.errors import BundleError
 
 TABLE_FORMAT = "carboncp-table/1"

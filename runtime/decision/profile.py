@@ -1,4 +1,4 @@
-"""Per-partition profile of a bundle on one device/server pair (METHOD.md §3).
+"""Per-partition profile of a bundle on one device/server pair (docs/METHOD.md §3).
 
 Stored in the bundle as its 'profile' JSON section (written by `carboncp profile`). Arrays
 have length P+1, indexed by partition p: p = 0 sends the image and runs nothing on the
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from carboncp.runtime.bundle import section_fault
+from carboncp.runtime.artifacts.bundle import section_fault
 from carboncp.runtime.errors import BundleError
 
 PROFILE_FORMAT = "carboncp-profile/1"
@@ -112,7 +112,7 @@ class Profile:
 
 def load_profile(bundle: Any) -> Profile:
     """The 'profile' section of a loaded `Bundle` (or a bundle path)."""
-    from carboncp.runtime.bundle import Bundle
+    from carboncp.runtime.artifacts.bundle import Bundle
 
     if not isinstance(bundle, Bundle):
         bundle = Bundle.load(bundle)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from carboncp.runtime.bundle import Bundle
+from carboncp.runtime.artifacts.bundle import Bundle
 
 # numpy dtype name <-> Open Inference Protocol datatype; only what a bundle can put on the wire.
 V2_DATATYPE = {"uint8": "UINT8", "float16": "FP16", "float32": "FP32"}

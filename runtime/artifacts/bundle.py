@@ -106,17 +106,6 @@ class Bundle:
             bundle.verify()
         return bundle
 
-    def check_sections(self) -> None:
-        """Load every section the runtime reads (profile, objective, table) so that a corrupt
-        one fails here with a BundleError/ConfigError naming its file, not later mid-run."""
-        from carboncp.runtime.costs import cost_model_of
-        from carboncp.runtime.table import Table
-
-        if self.section("profile") is not None:
-            cost_model_of(self, objective_required=False)
-        if self.section("table") is not None:
-            Table.from_bundle(self)
-
     def verify(self) -> None:
         """Check that every listed file exists with its recorded size and sha256."""
         for rel, meta in self.manifest["files"].items():

@@ -1,6 +1,6 @@
 """The device loop: read the context, decide, run the head, offload, fall back, record.
 
-For each input (METHOD §2-3, §7):
+For each input (docs/METHOD.md §2-3, §7):
 1. the context the device sees: bandwidth and RTT from the estimator, device load from
    /proc, server load from the last answer, carbon of both zones from the MQTT subscriber,
    battery from the power source's state of charge (or a modelled battery);
@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, Protocol
 
 import numpy as np
-from carboncp.runtime.bandwidth import BandwidthEstimator
-from carboncp.runtime.bundle import Bundle
-from carboncp.runtime.context import Context, Decision, Policy, context_to_row
+from carboncp.runtime.artifacts.bundle import Bundle
+from carboncp.runtime.decision.context import Context, Decision, Policy, context_to_row
 from carboncp.runtime.errors import OffloadError
-from carboncp.runtime.offload import OffloadClient, OffloadFailed, OffloadResult
+from carboncp.runtime.link.offload import OffloadClient, OffloadFailed, OffloadResult
+from carboncp.runtime.signals.bandwidth import BandwidthEstimator
+from carboncp.runtime.signals.load import LoadSampler
 
 ABANDON_KINDS = ("timeout", "abandoned")
 
@@ -55,38 +55,6 @@ class _CarbonNow:
     gco2_per_kwh: float
     age_s: float
     state: str
-
-
-class LoadSampler:
-    """Device load u in [0, 1]: busy share of CPU time since the last call (/proc/stat), or the
-    1-minute load average over the CPU count, or `fixed` when given (emulation, tests)."""
-
-    def __init__(self, fixed: float | None = None, proc: str = "/proc"):
-        self.fixed = fixed
-        self.proc = proc
-        self._last: tuple[int, int] | None = None
-        self.errors = 0
-
-    def _stat(self) -> tuple[int, int]:
-        with open(os.path.join(self.proc, "stat"), encoding="ascii") as f:
-            vals = [int(v) for v in f.readline().split()[1:]]
-        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-        return sum(vals), idle
-
-    def __call__(self) -> float:
-        if self.fixed is not None:
-            return self.fixed
-        try:
-            total, idle = self._stat()
-            last, self._last = self._last, (total, idle)
-            if last is not None and total > last[0]:
-                return min(1.0, max(0.0, 1.0 - (idle - last[1]) / (total - last[0])))
-            with open(os.path.join(self.proc, "loadavg"), encoding="ascii") as f:
-                la = float(f.read().split()[0])
-            return min(1.0, max(0.0, la / (os.cpu_count() or 1)))
-        except (OSError, ValueError, IndexError):
-            self.errors += 1  # a missing /proc is not a reason to stop: assume idle
-            return 0.0
 
 
 @dataclass
@@ -132,6 +100,51 @@ class InferenceRecord:
         d = asdict(self)
         d.pop("output")
         return json.dumps(_finite_json(d), allow_nan=False)
+
+
+J_PER_KWH = 3.6e6
+
+
+@dataclass
+class _Times:
+    start: float  # perf_counter at the start
+    start_mono: float  # monotonic at the start (the power meter's clock)
+    wall: float
+    decided: float = 0.0
+
+
+@dataclass
+class _Run:
+    """What executing one decision produced."""
+
+    decision: Decision
+    fallbacks: list[str] = field(default_factory=list)
+    result: OffloadResult | None = None
+    output: np.ndarray | None = None
+    wasted_s: float = 0.0
+    latency_ms: float = 0.0
+
+
+@dataclass
+class _Accounts:
+    model: dict[str, float] | None
+    energy_j: float | None
+    energy_flags: list[str]
+    battery_pct: float
+    battery_source: str
+    carbon_g: float | None
+
+
+def _offload_summary(result: OffloadResult) -> dict[str, Any]:
+    return {
+        "bytes": result.bytes_sent,
+        "wire_dtype": result.wire_dtype,
+        "rtt_ms": result.rtt_ms,
+        "send_ms": result.send_ms,
+        "total_ms": result.total_ms,
+        "server_ms": result.server_ms,
+        "bandwidth_mbps": result.bandwidth_mbps,
+    }
 
 
 class DeviceLoop:
@@ -239,97 +252,136 @@ class DeviceLoop:
 
     # -- one inference ------------------------------------------------------------------
     def infer(self, x: np.ndarray) -> InferenceRecord:
-        clock = time.perf_counter
-        t_start = clock()
-        t_start_mono = time.monotonic()
-        wall = time.time()
+        """Decide, execute, account and record one inference; always answers (see
+        docs/FAULTS.md): a failed offload finishes locally, a failed head goes to the server."""
+        t = _Times(time.perf_counter(), time.monotonic(), time.time())
         self._faults = []
-        probe_ms = None
-        if self.client is not None and self.cfg.probe_after_s is not None:
-            p_idle = self.cfg.p_idle_mw or getattr(
-                getattr(self.cost_model, "profile", None), "p_idle_mw", 0.0
-            )
-            client, after_s = self.client, self.cfg.probe_after_s
-            if self._guard(
-                "probe", lambda: self.estimator.maybe_probe(client.probe, after_s, p_idle), False
-            ):
-                probe_ms = (clock() - t_start) * 1000.0
+        probe_ms = self._maybe_probe(t.start)
         seen, carbon_state = self.read_context()
-        try:
-            decision = self.policy.decide(seen)
-            p = decision.partition
-            if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 0 <= p <= self.P:
-                raise ValueError(f"partition {p!r} is not an integer in 0..{self.P}")
-            decision = Decision(
-                int(p), tuple(int(c) for c in decision.candidates), decision.mode,
-                decision.cell, tuple(decision.flags),
-            )  # fmt: skip
-        except Exception as exc:
-            decision = Decision(
-                self.P, (self.P,), self.cfg.mode, None, (f"policy_error:{type(exc).__name__}",)
-            )
-        p = decision.partition
-        t_decided = clock()
-        phases = {"context_decide": (t_decided - t_start) * 1000.0 - (probe_ms or 0.0)}
+        decision = self._decide(seen)
+        t.decided = time.perf_counter()
+        phases = {"context_decide": (t.decided - t.start) * 1000.0 - (probe_ms or 0.0)}
         if probe_ms is not None:
             phases["probe"] = probe_ms  # its bytes/time/energy: estimator.probe_cost
-        fallbacks: list[str] = []
-        wasted_s = 0.0
-        result: OffloadResult | None = None
         true_bw = (
             self._guard("true_bandwidth", self.true_bandwidth, None)
             if self.true_bandwidth is not None
             else None
         )
+        run = self._execute(x, decision, t, phases)
+        realised = self._realised(seen, run.result, true_bw)
+        acct = self._account(run, seen, realised, t.start_mono, phases)
+        try:
+            self.policy.observe(run.decision, seen, realised)
+        except Exception:
+            d = run.decision
+            run.decision = Decision(
+                d.partition, d.candidates, d.mode, d.cell, (*d.flags, "observe_error")
+            )
+        rec = self._record(run, seen, realised, acct, carbon_state, phases, t, true_bw)
+        self.count += 1
+        if self.log is not None:
+            self.log.write(rec.to_json() + "\n")
+            self.log.flush()
+        return rec
 
+    # -- decide ---------------------------------------------------------------------------
+    def _maybe_probe(self, t_start: float) -> float | None:
+        """Probe the link when no transfer has measured it for probe_after_s; ms it took."""
+        if self.client is None or self.cfg.probe_after_s is None:
+            return None
+        p_idle = self.cfg.p_idle_mw or getattr(
+            getattr(self.cost_model, "profile", None), "p_idle_mw", 0.0
+        )
+        client, after_s = self.client, self.cfg.probe_after_s
+        if self._guard(
+            "probe", lambda: self.estimator.maybe_probe(client.probe, after_s, p_idle), False
+        ):
+            return (time.perf_counter() - t_start) * 1000.0
+        return None
+
+    def _decide(self, seen: Context) -> Decision:
+        """The policy's decision, checked; a faulty policy or a malformed decision means local."""
+        try:
+            decision = self.policy.decide(seen)
+            p = decision.partition
+            if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 0 <= p <= self.P:
+                raise ValueError(f"partition {p!r} is not an integer in 0..{self.P}")
+            return Decision(
+                int(p), tuple(int(c) for c in decision.candidates), decision.mode,
+                decision.cell, tuple(decision.flags),
+            )  # fmt: skip
+        except Exception as exc:
+            return Decision(
+                self.P, (self.P,), self.cfg.mode, None, (f"policy_error:{type(exc).__name__}",)
+            )
+
+    # -- execute --------------------------------------------------------------------------
+    def _execute(
+        self, x: np.ndarray, decision: Decision, t: _Times, phases: dict[str, float]
+    ) -> _Run:
+        """Run the head, then offload the rest (or finish locally when the offload fails)."""
+        run = _Run(decision)
+        p = decision.partition
         try:
             a = x if p == 0 else self.head.run(p, x)
         except Exception as exc:
-            fallbacks.append(f"head_error:{type(exc).__name__}")
-            p, a = self._head_fallback(p, x, fallbacks)
-            decision = Decision(p, decision.candidates, decision.mode, decision.cell,
-                                (*decision.flags, "head_error"))  # fmt: skip
-        t_head = clock()
-        phases["head"] = (t_head - t_decided) * 1000.0
-        output: np.ndarray
+            run.fallbacks.append(f"head_error:{type(exc).__name__}")
+            p, a = self._head_fallback(p, x, run.fallbacks)
+            run.decision = Decision(p, decision.candidates, decision.mode, decision.cell,
+                                    (*decision.flags, "head_error"))  # fmt: skip
+        t_head = time.perf_counter()
+        phases["head"] = (t_head - t.decided) * 1000.0
         if p == self.P:
-            output = a
+            run.output = a
             self.counters["local"] += 1
         else:
-            try:
-                if self.client is None:
-                    raise OffloadFailed("no_server", "no edge server configured")
-                result = self.client.infer(p, a, self.cfg.deadline_ms / 1000.0)
-                output = result.output
-                self.server_load = result.server_load
-                self.estimator.update(result.bandwidth_mbps, result.rtt_ms)
-                self.counters["offloaded"] += 1
-            except Exception as exc:  # any client fault: finish locally, lose nothing
-                kind = (
-                    getattr(exc, "kind", "unavailable")
-                    if isinstance(exc, OffloadError)
-                    else f"client_error:{type(exc).__name__}"
-                )
-                fallbacks.append(kind)
-                wasted_s = float(getattr(exc, "elapsed_s", 0.0))
-                if kind in ABANDON_KINDS:
-                    self.estimator.update_abandoned(getattr(exc, "bytes_sent", 0), wasted_s)
-                t_fb = clock()
-                output = self._finish_locally(p, a, x, fallbacks)
-                phases["local_finish"] = (clock() - t_fb) * 1000.0
-                self.counters["fallback"] += 1
-            phases["offload"] = (clock() - t_head) * 1000.0 - phases.get("local_finish", 0.0)
-        t_end = clock()
-        latency_ms = (t_end - t_start) * 1000.0
+            self._offload(run, p, a, x, phases)
+            phases["offload"] = (time.perf_counter() - t_head) * 1000.0 - phases.get(
+                "local_finish", 0.0
+            )
+        run.latency_ms = (time.perf_counter() - t.start) * 1000.0
+        return run
 
-        realised = Context(
-            bandwidth_mbps=(
-                true_bw
-                if true_bw is not None
-                else result.bandwidth_mbps
-                if result is not None
-                else self.estimator.bandwidth_mbps
-            ),
+    def _offload(
+        self, run: _Run, p: int, a: np.ndarray, x: np.ndarray, phases: dict[str, float]
+    ) -> None:
+        try:
+            if self.client is None:
+                raise OffloadFailed("no_server", "no edge server configured")
+            result = self.client.infer(p, a, self.cfg.deadline_ms / 1000.0)
+            run.result, run.output = result, result.output
+            self.server_load = result.server_load
+            self.estimator.update(result.bandwidth_mbps, result.rtt_ms)
+            self.counters["offloaded"] += 1
+        except Exception as exc:  # any client fault: finish locally, lose nothing
+            kind = (
+                getattr(exc, "kind", "unavailable")
+                if isinstance(exc, OffloadError)
+                else f"client_error:{type(exc).__name__}"
+            )
+            run.fallbacks.append(kind)
+            run.wasted_s = float(getattr(exc, "elapsed_s", 0.0))
+            if kind in ABANDON_KINDS:
+                self.estimator.update_abandoned(getattr(exc, "bytes_sent", 0), run.wasted_s)
+            t_fb = time.perf_counter()
+            run.output = self._finish_locally(p, a, x, run.fallbacks)
+            phases["local_finish"] = (time.perf_counter() - t_fb) * 1000.0
+            self.counters["fallback"] += 1
+
+    # -- account --------------------------------------------------------------------------
+    def _realised(
+        self, seen: Context, result: OffloadResult | None, true_bw: float | None
+    ) -> Context:
+        """The context as it turned out: the measured (or true, when emulated) link."""
+        if true_bw is not None:
+            bw = true_bw
+        elif result is not None:
+            bw = result.bandwidth_mbps
+        else:
+            bw = self.estimator.bandwidth_mbps
+        return Context(
+            bandwidth_mbps=bw,
             rtt_ms=result.rtt_ms if result is not None else seen.rtt_ms,
             device_load=seen.device_load,
             server_load=self.server_load,
@@ -337,11 +389,22 @@ class DeviceLoop:
             server_gco2_per_kwh=seen.server_gco2_per_kwh,
             battery_pct=seen.battery_pct,
         )
-        with_fallback = bool(fallbacks)
-        model = self._guard("cost_model", lambda: self._model(p, realised, with_fallback), None)
+
+    def _account(
+        self,
+        run: _Run,
+        seen: Context,
+        realised: Context,
+        t_start_mono: float,
+        phases: dict[str, float],
+    ) -> _Accounts:
+        """Modelled costs, device energy (measured or modelled), battery and carbon."""
+        p, result = run.decision.partition, run.result
+        fell_back = bool(run.fallbacks)
+        model = self._guard("cost_model", lambda: self._model(p, realised, fell_back), None)
         energy_j, energy_flags = self._guard(
             "energy",
-            lambda: self._energy(t_start_mono, phases, p, result, wasted_s, model),
+            lambda: self._energy(t_start_mono, phases, p, result, run.wasted_s, model),
             (None, ["no_energy"]),
         )
         if energy_j is not None and model is not None:
@@ -350,16 +413,6 @@ class DeviceLoop:
                 self.battery_pct - 100.0 * energy_j / (3600.0 * self.cost_model.profile.battery_wh),
             )
         battery_pct, battery_src = self._battery()
-        try:
-            self.policy.observe(decision, seen, realised)
-        except Exception:
-            decision = Decision(
-                p,
-                decision.candidates,
-                decision.mode,
-                decision.cell,
-                (*decision.flags, "observe_error"),
-            )
         carbon_g = None
         if model is not None:
             carbon_g = model["carbon_g"]
@@ -367,48 +420,48 @@ class DeviceLoop:
                 e_srv = model["server_energy_j"]
                 carbon_g = (
                     seen.device_gco2_per_kwh * energy_j + seen.server_gco2_per_kwh * e_srv
-                ) / 3.6e6
-        rec = InferenceRecord(
+                ) / J_PER_KWH
+        return _Accounts(model, energy_j, list(energy_flags), battery_pct, battery_src, carbon_g)
+
+    # -- record ---------------------------------------------------------------------------
+    def _record(
+        self,
+        run: _Run,
+        seen: Context,
+        realised: Context,
+        acct: _Accounts,
+        carbon_state: dict[str, str],
+        phases: dict[str, float],
+        t: _Times,
+        true_bw: float | None,
+    ) -> InferenceRecord:
+        d, result = run.decision, run.result
+        return InferenceRecord(
             i=self.count,
-            time_unix=wall,
-            partition=p,
-            candidates=[int(c) for c in decision.candidates],
-            mode=decision.mode,
-            cell=decision.cell,
-            decision_flags=list(dict.fromkeys([*decision.flags, *self._faults])),
+            time_unix=t.wall,
+            partition=d.partition,
+            candidates=[int(c) for c in d.candidates],
+            mode=d.mode,
+            cell=d.cell,
+            decision_flags=list(dict.fromkeys([*d.flags, *self._faults])),
             seen=asdict(seen),
             realised=asdict(realised),
-            latency_ms=latency_ms,
+            latency_ms=run.latency_ms,
             phases_ms=phases,
             offloaded=result is not None,
-            fallbacks=fallbacks,
-            wasted_ms=wasted_s * 1000.0,
-            offload=None
-            if result is None
-            else {
-                "bytes": result.bytes_sent,
-                "wire_dtype": result.wire_dtype,
-                "rtt_ms": result.rtt_ms,
-                "send_ms": result.send_ms,
-                "total_ms": result.total_ms,
-                "server_ms": result.server_ms,
-                "bandwidth_mbps": result.bandwidth_mbps,
-            },
-            energy_j=energy_j,
-            energy_flags=energy_flags,
-            battery_pct=battery_pct,
-            battery_source=battery_src,
+            fallbacks=run.fallbacks,
+            wasted_ms=run.wasted_s * 1000.0,
+            offload=None if result is None else _offload_summary(result),
+            energy_j=acct.energy_j,
+            energy_flags=acct.energy_flags,
+            battery_pct=acct.battery_pct,
+            battery_source=acct.battery_source,
             carbon_state=carbon_state,
-            model=model,
-            carbon_g=carbon_g,
+            model=acct.model,
+            carbon_g=acct.carbon_g,
             true_bandwidth_mbps=true_bw,
-            output=output,
+            output=run.output,
         )
-        self.count += 1
-        if self.log is not None:
-            self.log.write(rec.to_json() + "\n")
-            self.log.flush()
-        return rec
 
     def _head_fallback(self, p: int, x: np.ndarray, fallbacks: list[str]) -> tuple[int, np.ndarray]:
         """After the head of partition p failed: the full model on the device, else (it failed
@@ -442,7 +495,7 @@ class DeviceLoop:
     def _model(self, p: int, realised: Context, fell_back: bool) -> dict[str, float] | None:
         """The cost model's figures for partition p on the realised context (None without a
         profile). A fallback is modelled as an outage (B = 0): wasted radio time at the
-        deadline plus local completion, the cost METHOD §3 charges."""
+        deadline plus local completion, the cost docs/METHOD.md §3 charges."""
         if self.cost_model is None:
             return None
         row = np.asarray([context_to_row(realised)], dtype=np.float64)

@@ -1,7 +1,7 @@
 """The offload client: send partition p's wire tensor to the edge server, get the output back.
 
 A small HTTP/1.1 client on a plain socket (one connection per request, so a restarted server
-is picked up at once), because the transfer deadline of METHOD.md §3 needs control over every
+is picked up at once), because the transfer deadline of docs/METHOD.md §3 needs control over every
 chunk: a transfer that has not finished by the deadline is abandoned, and it is abandoned
 early as soon as the bytes sent so far show the deadline cannot be met. Every failure
 (unreachable, timed out, abandoned, 4xx, 5xx, malformed answer) raises OffloadError carrying
@@ -19,12 +19,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from carboncp.runtime import wire
-from carboncp.runtime.bundle import Bundle
+from carboncp.runtime.artifacts.bundle import Bundle
 from carboncp.runtime.checks import split_url
 from carboncp.runtime.errors import OffloadError
-from carboncp.runtime.server import PROBE_PATH, model_name
-from carboncp.runtime.shaping import LinkShaper
+from carboncp.runtime.link import wire
+from carboncp.runtime.link.routes import PROBE_PATH, model_name
+from carboncp.runtime.link.shaping import LinkShaper
 
 CHUNK_BYTES = 64 * 1024
 SHAPED_CHUNK_BYTES = 2 * 1024  # finer steps on an emulated link, so early abandon can act

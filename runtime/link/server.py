@@ -24,14 +24,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
-from carboncp.runtime import wire
-from carboncp.runtime.bundle import Bundle
+from carboncp.runtime.artifacts.bundle import Bundle
+from carboncp.runtime.link import wire
+from carboncp.runtime.link.routes import PROBE_MAX_BYTES, PROBE_PATH, model_name
 
 _MODEL_RE = re.compile(
     r"^/v2/models/([A-Za-z0-9_.\-]{1,128})(?:/versions/[A-Za-z0-9_.\-]{1,32})?(/infer|/ready)?$"
 )
-PROBE_PATH = "/v2/carboncp/probe"  # not part of the v2 protocol: the device's bandwidth probe
-PROBE_MAX_BYTES = 256 * 1024
 TailFn = Callable[[int, np.ndarray], np.ndarray]
 
 
@@ -41,11 +40,6 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-def model_name(bundle: Bundle, p: int) -> str:
-    """The v2 model name of partition p's tail."""
-    return f"{bundle.model_name}-tail-p{p}"
 
 
 class TailService:
@@ -429,7 +423,7 @@ class EdgeHTTPServer(ThreadingHTTPServer):
 
 def executorch_tails(bundle: Bundle) -> TailFn:
     """The ExecuTorch tail runner of the bundle, as a function p, x -> y (lazy heavy import)."""
-    from carboncp.runtime.runners import make_runner
+    from carboncp.runtime.artifacts.runners import make_runner
 
     runner = make_runner(bundle, backend="executorch", part="tail")
     return runner.run

@@ -1,4 +1,4 @@
-"""The decision context x of METHOD.md §2 and the policy interface the device loop calls.
+"""The decision context x of docs/METHOD.md §2 and the policy interface the device loop calls.
 
 Units are in the field names and converted once, where a value enters (the adapters).
 """

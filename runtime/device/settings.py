@@ -194,7 +194,7 @@ def _validate(s: RunSettings, origin: dict[str, str]) -> None:
     if s.input != "random" and not Path(s.input).is_dir():
         raise bad("input", f"{s.input!r} is neither 'random' nor a folder")
     if s.shape_trace is not None and not Path(s.shape_trace).is_file():
-        from carboncp.runtime.traces import shipped_bandwidth_names
+        from carboncp.runtime.signals.traces import shipped_bandwidth_names
 
         if s.shape_trace not in shipped_bandwidth_names():
             raise bad(

@@ -1,10 +1,10 @@
 """Carbon signals over MQTT (paho-mqtt 2.x, CallbackAPIVersion.VERSION2).
 
 Topics: `carboncp/carbon/<zone>` (retained, one value per zone, payloads per
-runtime/carbon_signals.py) and `carboncp/device/<id>/status` ("online" on connect, "offline" as
+runtime/signals/carbon.py) and `carboncp/device/<id>/status` ("online" on connect, "offline" as
 the retained Last Will and on a clean stop).
 
-The subscriber follows CONVENTIONS.md 3: it subscribes in `on_connect` (so every reconnect
+The subscriber follows docs/METHOD.md Appendix B.3: it subscribes in `on_connect` (so every reconnect
 resubscribes and receives the retained values again), reconnects with exponential backoff
 (`reconnect_delay_set`), and every callback catches and counts its own errors in
 `error_counts` (paho would otherwise re-raise into its network thread and stop). A value is
@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from carboncp.runtime.carbon_signals import (
+from carboncp.runtime.checks import split_url
+from carboncp.runtime.errors import BackendMissingError, ConfigError, SignalError
+from carboncp.runtime.signals.carbon import (
     MAX_PAYLOAD_BYTES,
     TOPIC_PREFIX,
     ZONE_RE,
@@ -33,8 +35,6 @@ from carboncp.runtime.carbon_signals import (
     format_carbon_payload,
     parse_carbon_payload,
 )
-from carboncp.runtime.checks import split_url
-from carboncp.runtime.errors import BackendMissingError, ConfigError, SignalError
 
 STATUS_TOPIC = "carboncp/device/{device_id}/status"
 

@@ -1,4 +1,4 @@
-"""Conformal prediction on the device and in the tooling (METHOD.md §6, §7). numpy only.
+"""Conformal prediction on the device and in the tooling (docs/METHOD.md §6, §7). numpy only.
 
 - split CP: `split_threshold(scores, alpha)`, the ⌈(n+1)(1−α)⌉-th smallest score;
 - weighted CP (Tibshirani, Barber, Candès, Ramdas 2019): `BinnedLogit` (a probabilistic

@@ -1,4 +1,4 @@
-"""The objective config of METHOD.md §3-4: weights, SLO, deadline, battery shaping, radio.
+"""The objective config of docs/METHOD.md §3-4: weights, SLO, deadline, battery shaping, radio.
 
 One TOML file (docs/objective.example.toml) sets it; the bundle stores it as its
 'objective' section, and the cost model, labels and table are only valid for that config.
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from carboncp.runtime.checks import check_choice, check_number
-from carboncp.runtime.context import CONTEXT_FIELDS
+from carboncp.runtime.decision.context import CONTEXT_FIELDS
 from carboncp.runtime.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -24,7 +24,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 # Huang et al., "A Close Examination of Performance and Power Characteristics of 4G LTE
 # Networks", MobiSys 2012, uplink power model P = alpha_u * B + beta (mW, B in Mbit/s), as
-# widely cited from that paper's power-model table (METHOD.md §3). "ethernet" is ours: a
+# widely cited from that paper's power-model table (docs/METHOD.md §3). "ethernet" is ours: a
 # wired PHY draws about the same whether or not it sends, and that draw is already in the
 # board's idle power, so its marginal transmit power is taken as 0.
 RADIO_MODELS: dict[str, tuple[float, float]] = {
@@ -48,7 +48,7 @@ DEFAULT_RADIO_CAP_MBPS = 10.0
 # Measure it (RAPL, a wall meter) and set server_marginal_mw where you can.
 DEFAULT_SERVER_MARGINAL_MW = 15000.0
 
-# The fixed context at which the local-only (p = P) costs normalise J (METHOD §4).
+# The fixed context at which the local-only (p = P) costs normalise J (docs/METHOD.md §4).
 DEFAULT_REFERENCE: dict[str, float] = {
     "bandwidth_mbps": 10.0,
     "rtt_ms": 20.0,
@@ -90,7 +90,7 @@ class Objective:
     deadline_ms: float | None = None
     # Abandon early: a transfer that will miss the deadline is abandoned after this many ms
     # (the device sees from the bytes sent so far that it cannot finish). On by default
-    # because the runtime's offload client does exactly that (runtime/offload.py); None
+    # because the runtime's offload client does exactly that (runtime/link/offload.py); None
     # ("off" in TOML) models a device that waits for the deadline.
     early_abandon_ms: float | None = 50.0
     # "fixed": the deadline above. "slack": abandon as soon as only local completion still
