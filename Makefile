@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # for a multi-GB CUDA build (docs/METHOD.md Appendix A).
 PIP_ALL := torch==2.13.0 -e .[all]
 
-.PHONY: demo test lint test-py test-tflite-runtime bench clean
+.PHONY: demo test system-tools lint test-py test-tflite-runtime bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,11 +21,19 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/carboncp demo
 
+# ruff (lint + format), the layer contracts (import-linter, pyproject [tool.importlinter]) and
+# mypy over the runtime.
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
-test-py: $(BIN)/.installed
+# mosquitto, g++, openssl: installed with apt when root, else one line naming the command.
+system-tools:
+	bash tools/system-tools.sh
+
+test-py: $(BIN)/.installed system-tools
 	$(BIN)/python -m pytest
 
 # tflite-runtime 2.14.0 needs numpy<2, so it cannot share the main venv (docs/METHOD.md Appendix A):
@@ -41,7 +49,7 @@ test-tflite-runtime: $(BIN)/.installed $(TFLITE_VENV)/.installed
 	CARBONCP_TEST_BUNDLE=.cache/tiny-bundle CARBONCP_REQUIRE_TFLITE_RUNTIME=1 \
 		$(TFLITE_VENV)/bin/python -m pytest -p no:cacheprovider tests/runtime/test_litert_runner.py
 
-test: lint test-py test-tflite-runtime
+test: system-tools lint test-py test-tflite-runtime
 
 # Speed and memory targets: each benchmark prints ratios against a baseline measured in the same run.
 bench: $(BIN)/.installed

@@ -14,6 +14,7 @@ import sys
 from importlib.metadata import entry_points
 from types import ModuleType
 
+from carboncp.runtime import __version__
 from carboncp.runtime.errors import CarbonCPError
 
 # Which extra brings a command's dependencies, for the message when they are missing.
@@ -49,7 +50,7 @@ def build_parser(commands: dict[str, str], chosen: str | None) -> argparse.Argum
         description="Carbon-aware DNN partitioning with conformal prediction for edge devices. "
         "Run 'carboncp COMMAND --help' for a command's options.",
     )
-    parser.add_argument("--version", action="version", version="carboncp 0.1.0")
+    parser.add_argument("--version", action="version", version=f"carboncp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in sorted(commands):
         if name == chosen:

@@ -27,9 +27,13 @@ from typing import IO, Any, Protocol
 
 import numpy as np
 from carboncp.runtime.artifacts.bundle import Bundle
+from carboncp.runtime.artifacts.runners import Runner
 from carboncp.runtime.decision.context import Context, Decision, Policy, context_to_row
+from carboncp.runtime.decision.costs import CostModel
 from carboncp.runtime.errors import OffloadError
 from carboncp.runtime.link.offload import OffloadClient, OffloadFailed, OffloadResult
+from carboncp.runtime.power.base import PowerReading, PowerSource
+from carboncp.runtime.power.meter import EnergyMeasurement
 from carboncp.runtime.signals.bandwidth import BandwidthEstimator
 from carboncp.runtime.signals.load import LoadSampler
 
@@ -37,7 +41,19 @@ ABANDON_KINDS = ("timeout", "abandoned")
 
 
 class CarbonSource(Protocol):
+    """Where the loop reads a zone's intensity (the MQTT subscriber, or fixed values)."""
+
     def current(self, zone: str) -> Any: ...
+
+
+class Meter(Protocol):
+    """The device's energy meter (runtime/power/meter.py: EnergyMeter)."""
+
+    def latest(self) -> PowerReading | None: ...
+
+    def energy_j(
+        self, t0_s: float, t1_s: float, *, modelled_j: float | None = None
+    ) -> EnergyMeasurement: ...
 
 
 class StaticCarbon:
@@ -154,15 +170,15 @@ class DeviceLoop:
         self,
         bundle: Bundle,
         policy: Policy,
-        head_runner: Any,
+        head_runner: Runner,
         client: OffloadClient | None = None,
         carbon: CarbonSource | None = None,
         estimator: BandwidthEstimator | None = None,
         config: LoopConfig | None = None,
-        cost_model: Any = None,
-        meter: Any = None,
-        power_source: Any = None,
-        tail_runner: Any = None,
+        cost_model: CostModel | None = None,
+        meter: Meter | None = None,
+        power_source: PowerSource | None = None,
+        tail_runner: Runner | None = None,
         load: Callable[[], float] | None = None,
         log: IO[str] | None = None,
         true_bandwidth: Callable[[], float] | None = None,
@@ -407,7 +423,7 @@ class DeviceLoop:
             lambda: self._energy(t_start_mono, phases, p, result, run.wasted_s, model),
             (None, ["no_energy"]),
         )
-        if energy_j is not None and model is not None:
+        if energy_j is not None and model is not None and self.cost_model is not None:
             self.battery_pct = max(
                 0.0,
                 self.battery_pct - 100.0 * energy_j / (3600.0 * self.cost_model.profile.battery_wh),
@@ -523,8 +539,9 @@ class DeviceLoop:
         """Measured device energy over the inference, or modelled from the phases' durations
         with the profile's powers (flagged 'modelled')."""
         modelled = None
-        prof = getattr(self.cost_model, "profile", None)
-        if prof is not None:
+        cm = self.cost_model
+        prof = getattr(cm, "profile", None)
+        if cm is not None and prof is not None:
             compute_ms = phases.get("head", 0.0) + phases.get("local_finish", 0.0)
             radio_ms = wasted_s * 1000.0
             wait_ms = 0.0
@@ -533,7 +550,7 @@ class DeviceLoop:
                 radio_ms = max(0.0, result.total_ms - result.server_ms)
                 wait_ms = result.server_ms
                 bw = result.bandwidth_mbps
-            p_radio = self.cost_model.objective.radio_power_mw(bw)
+            p_radio = cm.objective.radio_power_mw(bw)
             modelled = (
                 prof.p_active_mw * compute_ms
                 + (prof.p_idle_mw + p_radio) * radio_ms
