@@ -3,18 +3,13 @@ exit code 2, and no traceback."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
 
-import pytest
+from tests.support.requires import require
 
-(
-    importlib.import_module("torch")
-    if os.environ.get("CI") == "true"
-    else pytest.importorskip("torch", reason="needs torch (the tooling extra) for carboncp export")
-)
+require("torch", "carboncp export needs the tooling extra")
 
 
 def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:

@@ -34,6 +34,13 @@ _FLAGS: tuple[tuple[str, type, str], ...] = (
     ("power", str, "power source: none, sysfs[:NAME], ina219[:BUS[:ADDR]], jetson, serial:PORT"),
     ("mode", str, "decision mode A, M or R (default A)"),
     ("policy", str, "table (default), argmin, local, server or fixed:P"),
+    (
+        "online",
+        str,
+        "the table's online recalibration: aci (default), weighted (weighted CP, ACI below "
+        "its ESS floor) or split (the table's fixed threshold)",
+    ),
+    ("alpha", float, "miscoverage α in (0, 1) of the conformal set (default: the table's)"),
     ("input", str, "folder of .npy uint8 images (PNG/JPEG with Pillow), or 'random'"),
     ("count", int, "number of inferences"),
     ("log", str, "JSON-lines log file (default: stdout summary only)"),

@@ -3,7 +3,7 @@
 Keys (TOML at the top level or under [run]; CLI flags use dashes):
   bundle, server, token, broker, broker_username, broker_password, tls_ca, device_id,
   carbon_ttl_s, carbon_fallback_gco2_per_kwh, device_zone, server_zone, power, power_rate_hz,
-  mode, policy, alpha, seed, input, count, interval_s, log, backend, max_loaded_heads,
+  mode, policy, online, alpha, seed, input, count, interval_s, log, backend, max_loaded_heads,
   local_tail,
   deadline_ms, float16, device_load, battery_pct, probe_after_s,
   shape_trace, shape_scale, shape_rtt_ms
@@ -29,6 +29,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 MODES = ("A", "M", "R")
+# The table policy's online recalibration (docs/METHOD.md §6.3-6.4; decision/policy.ONLINE).
+ONLINE = ("aci", "weighted", "split")
 BACKENDS = ("litert", "executorch")
 _POLICY_RE = re.compile(r"^(table|argmin|local|server|fixed:\d+)$")
 _ZONE_RE = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
@@ -69,6 +71,9 @@ class RunSettings:
     power_rate_hz: float = 100.0
     mode: str = "A"
     policy: str = "table"  # table | argmin | local | server | fixed:P
+    # The table's online recalibration: aci (default), weighted (weighted CP from a window of
+    # recent contexts, ACI below its ESS floor) or split (the table's fixed q̂).
+    online: str = "aci"
     alpha: float | None = None
     seed: int = 0
     input: str = "random"  # a folder of .npy (or PNG/JPEG with Pillow) images, or "random"
@@ -177,6 +182,8 @@ def _validate(s: RunSettings, origin: dict[str, str]) -> None:
         raise bad("mode", f"{s.mode!r} is not one of {MODES}")
     if not _POLICY_RE.match(s.policy):
         raise bad("policy", f"{s.policy!r} must be table, argmin, local, server or fixed:P")
+    if s.online not in ONLINE:
+        raise bad("online", f"{s.online!r} is not one of {ONLINE}")
     if s.backend not in BACKENDS:
         raise bad("backend", f"{s.backend!r} is not one of {BACKENDS}")
     for key, rule in _RANGES.items():

@@ -52,8 +52,8 @@ def optional_cost_model(bundle: Bundle) -> CostModel | None:
 
 
 def make_policy(settings: RunSettings, bundle: Bundle, cost_model: CostModel | None) -> Policy:
-    """The policy the `policy` setting names: the threshold table (mode and alpha from the
-    settings), the cost model's argmin, or a fixed partition.
+    """The policy the `policy` setting names: the threshold table (mode, alpha and online
+    recalibration from the settings), the cost model's argmin, or a fixed partition.
 
     Raises:
         ConfigError: the policy needs a section (profile, table) the bundle lacks, or names a
@@ -86,7 +86,11 @@ def make_policy(settings: RunSettings, bundle: Bundle, cost_model: CostModel | N
             "'carboncp build' (or use policy = 'argmin' for the cost model's greedy choice)"
         )
     return TablePolicy.from_bundle(
-        bundle, mode=settings.mode, alpha=settings.alpha, seed=settings.seed
+        bundle,
+        mode=settings.mode,
+        alpha=settings.alpha,
+        seed=settings.seed,
+        online=settings.online,
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 import time
 import tty
@@ -16,17 +15,14 @@ from carboncp.firmware_bridge import protocol
 from carboncp.firmware_bridge.firmware import ina219
 from carboncp.firmware_bridge.host import BridgeReader
 
+from tests.support.requires import require_tool
+
 SKETCH = Path(__file__).resolve().parents[2] / "firmware_bridge/firmware/arduino/ina219_bridge"
 MOCK = Path(__file__).resolve().parent / "arduino_mock"
 
 
 def _gxx() -> str:
-    gxx = shutil.which("g++")
-    if gxx is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("g++ is needed for the Arduino firmware tests (apt-get install g++)")
-        pytest.skip("g++ not installed: cannot build the Arduino firmware for the host")
-    return gxx
+    return require_tool("g++", "the Arduino firmware is built for the host")
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from carboncp.runtime.signals.mqtt import CarbonPublisher, CarbonSubscriber
 
 from tests.support.edge_server import ServerProcess, synthetic_profile
 from tests.support.mosquitto import start_mosquitto
+from tests.support.requires import require
 
 DEV, SRV = "DE-LU", "GB"
 pytestmark = pytest.mark.slow
@@ -108,7 +109,7 @@ def test_carbon_over_mqtt_moves_decisions(tiny_bundle, broker, server, subscribe
 
 def _with_table(bundle_dir: Path, tmp_path: Path) -> Path:
     """Give the tiny bundle a profile/objective and a real threshold table (tooling build)."""
-    pytest.importorskip("carboncp.tooling.build", reason="carboncp.tooling (the build step)")
+    require("carboncp.tooling.build", "the table is built by the tooling (tooling extra)")
     from carboncp.runtime.signals.traces import load_bandwidth_trace, shipped_bandwidth_path
     from carboncp.tooling.build import train_and_compile
 
@@ -128,8 +129,8 @@ def _with_table(bundle_dir: Path, tmp_path: Path) -> Path:
 
 
 def test_table_policy_in_the_loop(tiny_bundle_copy, tmp_path, broker, server, subscriber):
-    from carboncp.runtime.device.wiring import optional_cost_model as cost_model_of
     from carboncp.runtime.decision.policy import TablePolicy
+    from carboncp.runtime.device.wiring import optional_cost_model as cost_model_of
 
     bundle = Bundle.load(_with_table(tiny_bundle_copy, tmp_path))
     policy = TablePolicy.from_bundle(bundle, mode="A")
@@ -152,8 +153,8 @@ def test_carboncp_run_settings_with_broker_server_and_shaping(
     tiny_bundle, broker, server, tmp_path
 ):
     """`carboncp run`'s assembly: MQTT carbon, the server, a shaped link (a shipped trace)."""
-    from carboncp.runtime.device.wiring import open_device
     from carboncp.runtime.device.settings import load_settings
+    from carboncp.runtime.device.wiring import open_device
 
     with CarbonPublisher(broker.url) as pub:
         now = time.time()

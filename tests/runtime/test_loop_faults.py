@@ -20,6 +20,7 @@ from carboncp.runtime.link.offload import OffloadResult
 from carboncp.runtime.signals.load import LoadSampler
 
 from tests.support.edge_server import synthetic_profile
+from tests.support.requires import require
 
 EXCEPTIONS = (RuntimeError("r"), ValueError("v"), KeyError("k"), ZeroDivisionError(), MemoryError())
 
@@ -185,7 +186,7 @@ def test_when_the_full_model_fails_on_the_device_the_server_runs_it(bundle) -> N
 
 @pytest.mark.parametrize("content", [b"garbage", b"\x89PNG\r\n\x1a\n", b""])
 def test_an_unreadable_image_input_is_a_config_error(bundle, tmp_path, content) -> None:
-    pytest.importorskip("PIL", reason="Pillow (comes with matplotlib) reads PNG inputs")
+    require("PIL", "Pillow reads PNG inputs (dev extra)")
     from carboncp.runtime.device.inputs import iter_inputs
     from carboncp.runtime.errors import ConfigError
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 
@@ -12,10 +11,11 @@ from carboncp.runtime.signals.mqtt import CarbonSubscriber, publish_carbon
 from carboncp.tooling.broker import AmqttBroker, free_port, start_broker, wait_port
 
 from tests.support.mosquitto import readable_dir, start_mosquitto
+from tests.support.requires import require, require_tool
 
 
 def test_amqtt_in_process_broker_serves_retained_and_restarts():
-    pytest.importorskip("amqtt", reason="amqtt is not installed (pip install amqtt)")
+    require("amqtt", "the demo's in-process broker is amqtt (demo extra)")
     broker = start_broker(prefer="amqtt")
     try:
         assert isinstance(broker, AmqttBroker) and broker.running
@@ -76,11 +76,7 @@ def make_certs(folder):
 
 
 def test_tls_listener(tmp_path):
-    if shutil.which("openssl") is None:
-        msg = "openssl is not installed (needed to make test certificates)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg + "; CI must install it")
-        pytest.skip(msg)
+    require_tool("openssl", "it makes the test certificates")
     certs = make_certs(tmp_path / "certs")
     tls_port = free_port()
     extra = (

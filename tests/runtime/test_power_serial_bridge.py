@@ -11,8 +11,10 @@ import time
 import pytest
 from carboncp.runtime.power import EnergyMeter, open_power_source
 
-sim = pytest.importorskip("carboncp.firmware_bridge.sim", reason="firmware_bridge.sim missing")
-pytest.importorskip("serial", reason="pyserial is not installed")
+from tests.support.requires import require
+
+sim = require("carboncp.firmware_bridge.sim", "it simulates the serial bridge")
+require("serial", "pyserial talks to the bridge (runtime extra)")
 
 
 def test_meter_over_serial_bridge_matches_closed_form_and_survives_unplug(tmp_path):

@@ -23,6 +23,8 @@ from carboncp.runtime.power.jetson import JetsonRails
 from carboncp.runtime.power.serial_bridge import SerialBridgeSource
 from carboncp.runtime.power.sysfs import SysfsBattery
 
+from tests.support.requires import unavailable
+
 
 def write_tree(root: Path, files: dict[str, str]) -> Path:
     for rel, text in files.items():
@@ -252,7 +254,7 @@ def test_ina219_lost_calibration_is_rewritten():
 
 def test_ina219_missing_bus_names_device():
     if os.path.exists("/dev/i2c-97"):
-        pytest.skip("/dev/i2c-97 exists on this machine")
+        unavailable("/dev/i2c-97 exists on this machine: the missing-bus case cannot be made")
     with pytest.raises(BackendMissingError, match="/dev/i2c-97"):
         open_power_source("ina219:97:0x40")
 

@@ -3,18 +3,14 @@ the torch model the bundle was exported from."""
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import numpy as np
 import pytest
 
+from tests.support.requires import require
+
 # Skip where the extras are absent, but never in CI (CI=true installs them): fail there.
 for _mod, _extra in (("torch", "tooling"), ("executorch", "executorch")):
-    if os.environ.get("CI") == "true":
-        importlib.import_module(_mod)
-    else:
-        pytest.importorskip(_mod, reason=f"needs {_mod} (the {_extra} extra)")
+    require(_mod, f"the runners are compared with torch (the {_extra} extra)")
 
 from carboncp.runtime.artifacts.bundle import Bundle  # noqa: E402
 from carboncp.runtime.artifacts.runners import ExecuTorchRunner, LiteRTRunner, make_runner  # noqa: E402

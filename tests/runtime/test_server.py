@@ -21,8 +21,9 @@ from carboncp.runtime.link.offload import OffloadClient
 from carboncp.runtime.link.server import EdgeHTTPServer, TailService, executorch_tails, warm_up
 
 from tests.support.edge_server import ServerProcess
+from tests.support.requires import require
 
-psutil = pytest.importorskip("psutil", reason="psutil (dev extra) measures the server's RSS")
+psutil = require("psutil", "it measures the server's RSS (dev extra)")
 
 
 @pytest.fixture(scope="module")

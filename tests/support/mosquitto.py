@@ -2,7 +2,7 @@
 
 Use `start_mosquitto()` in a fixture of your test module (then `broker.cleanup()`), or
 import the `mosquitto` fixture.
-Without Mosquitto the tests skip naming it; with CI=true they fail instead (CI installs it).
+Without Mosquitto the tests skip naming it; under CI they fail instead (tests/support/requires.py).
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ from pathlib import Path
 import pytest
 from carboncp.tooling.broker import MosquittoBroker, free_port, start_broker
 
+from tests.support.requires import require_tool
+
+_SBIN = ("/usr/sbin", "/usr/local/sbin")
+
 
 def mosquitto_exe() -> str | None:
-    for p in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+    for p in (shutil.which("mosquitto"), *(f"{d}/mosquitto" for d in _SBIN)):
         if p and os.access(p, os.X_OK):
             return p
     return None
@@ -27,10 +31,7 @@ def mosquitto_exe() -> str | None:
 def require_mosquitto() -> str:
     exe = mosquitto_exe()
     if exe is None:
-        msg = "mosquitto is not installed (apt-get install -y mosquitto)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg + "; CI must install it")
-        pytest.skip(msg)
+        return require_tool("mosquitto", "the MQTT tests start a real broker", _SBIN)
     return exe
 
 

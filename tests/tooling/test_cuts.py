@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import pytest
 
-torch = (
-    importlib.import_module("torch")
-    if os.environ.get("CI") == "true"
-    else pytest.importorskip("torch", reason="needs torch (the tooling extra)")
-)
+from tests.support.requires import require
+
+torch = require("torch", "the tooling extra finds cut points")
 from carboncp.models.zoo import load_model  # noqa: E402
 from carboncp.runtime.errors import ConfigError  # noqa: E402
 from carboncp.tooling.cuts import Normalize, find_cuts  # noqa: E402

@@ -15,6 +15,7 @@ from carboncp.runtime.artifacts.bundle import Bundle
 from carboncp.runtime.decision.context import Context, Decision
 
 from tests.support.mosquitto import require_mosquitto
+from tests.support.requires import require
 
 RPI4 = Path(__file__).resolve().parents[2] / "tooling" / "device_profiles" / "rpi4.toml"
 
@@ -41,7 +42,7 @@ def slow_device_profile(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_demo_on_the_tiny_bundle(tiny_bundle_copy, tmp_path, capsys):
     require_mosquitto()
-    pytest.importorskip("matplotlib", reason="matplotlib (tooling extra) draws demo.png")
+    require("matplotlib", "it draws demo.png (tooling extra)")
     from carboncp.tooling.demo import CAUSES, DemoConfig, run_demo
 
     # 48 steps over 32 h (carbon moves at 2 of 3 steps), the link trace walked 5 times (16 s

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 
 import numpy as np
 import pytest
 
-torch = (
-    importlib.import_module("torch")
-    if os.environ.get("CI") == "true"
-    else pytest.importorskip("torch", reason="needs torch (the tooling extra)")
-)
+from tests.support.requires import require
+
+torch = require("torch", "the tooling extra exports models")
 
 from carboncp.runtime.artifacts.bundle import Bundle  # noqa: E402
 from carboncp.tooling.export import _verify, export_bundle  # noqa: E402

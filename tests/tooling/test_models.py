@@ -7,16 +7,11 @@ counts (ResNet-18: 11,689,512; MobileNetV2: 3,504,872).
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import pytest
 
-torch = (
-    importlib.import_module("torch")
-    if os.environ.get("CI") == "true"
-    else pytest.importorskip("torch", reason="needs torch (the tooling extra)")
-)
+from tests.support.requires import require
+
+torch = require("torch", "the tooling extra builds the models")
 
 from carboncp.models.zoo import load_model, load_state_dict_file  # noqa: E402
 from carboncp.runtime.errors import ConfigError  # noqa: E402
