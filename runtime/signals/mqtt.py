@@ -1,8 +1,11 @@
 """Carbon signals over MQTT (paho-mqtt 2.x, CallbackAPIVersion.VERSION2).
 
 Topics: `carboncp/carbon/<zone>` (retained, one value per zone, payloads per
-runtime/signals/carbon.py) and `carboncp/device/<id>/status` ("online" on connect, "offline" as
-the retained Last Will and on a clean stop).
+runtime/signals/carbon.py) and `carboncp/device/<id>/status`, retained JSON:
+{"state": "online"|"offline"|"lost", "device_id", "ts", "received", "accepted", "refused":
+{reason: count}}. "online" on every connect and at most every `status_interval_s` while the
+counts change, "offline" on a clean stop, "lost" as the Last Will (the broker publishes it when
+the device vanishes; its counts are those at start-up).
 
 The subscriber follows docs/METHOD.md Appendix B.3: it subscribes in `on_connect` (so every reconnect
 resubscribes and receives the retained values again), reconnects with exponential backoff
@@ -15,28 +18,53 @@ docs/FAULTS.md has the table.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 from carboncp.runtime.checks import split_url
 from carboncp.runtime.errors import BackendMissingError, ConfigError, SignalError
 from carboncp.runtime.signals.carbon import (
+    DEFAULT_MAX_FUTURE_S,
+    DEFAULT_SIGNAL,
     MAX_PAYLOAD_BYTES,
     TOPIC_PREFIX,
     ZONE_RE,
     CarbonReading,
     PayloadError,
+    check_signals,
     format_carbon_payload,
     parse_carbon_payload,
 )
 
 STATUS_TOPIC = "carboncp/device/{device_id}/status"
+# A device id is one MQTT topic level and a client-id prefix: no '/', '+', '#' or spaces.
+DEVICE_ID_RE = ZONE_RE
+DEVICE_ID_RULE = "1-64 letters, digits, '-', '_' or '.', starting with a letter or digit"
+
+
+def check_device_id(device_id: Any, what: str = "device_id") -> str:
+    if not isinstance(device_id, str) or not DEVICE_ID_RE.match(device_id):
+        raise ConfigError(
+            f"{what} {device_id!r} is not usable in an MQTT topic: use {DEVICE_ID_RULE}"
+        )
+    return device_id
+
+
+def _iso(ts_s: float) -> str:
+    return (
+        datetime.fromtimestamp(ts_s, tz=timezone.utc)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z")
+    )
 
 
 def carbon_topic(zone: str) -> str:
@@ -110,9 +138,19 @@ def make_client(
     if addr.tls or tls_ca:
         import ssl
 
-        client.tls_set(
-            ca_certs=tls_ca, cert_reqs=ssl.CERT_NONE if tls_insecure else ssl.CERT_REQUIRED
-        )
+        if tls_ca is not None and not Path(tls_ca).is_file():
+            raise ConfigError(
+                f"tls_ca {tls_ca}: no such file; give the CA certificate (PEM) that signed "
+                "the broker's certificate"
+            )
+        try:
+            client.tls_set(
+                ca_certs=tls_ca, cert_reqs=ssl.CERT_NONE if tls_insecure else ssl.CERT_REQUIRED
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"tls_ca {tls_ca}: not a usable CA certificate ({exc}); expected a PEM file"
+            ) from None
         if tls_insecure:
             client.tls_insecure_set(True)
     return client, addr
@@ -150,15 +188,29 @@ class CarbonSubscriber:
         client_factory: Callable[..., Any] | None = None,
         now_fn: Callable[[], float] = time.time,
         allow_replay: bool = False,
-        max_future_s: float = 300.0,
+        max_future_s: float = DEFAULT_MAX_FUTURE_S,
         max_bytes: int = MAX_PAYLOAD_BYTES,
         keepalive_s: int = 10,
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 4.0,
         on_reading: Callable[[CarbonReading], None] | None = None,
+        signals: Collection[str] | None = (DEFAULT_SIGNAL,),
+        zone_map: Mapping[str, str] | None = None,
+        status_interval_s: float = 30.0,
     ) -> None:
         if not zones:
             raise ConfigError("CarbonSubscriber: zones is empty; name at least one grid zone")
+        check_device_id(device_id)
+        try:
+            self.signals = None if signals is None else check_signals(signals, "signals")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.zone_map = dict(zone_map or {})
+        for src, dst in self.zone_map.items():
+            if not (isinstance(src, str) and ZONE_RE.match(src)) or not (
+                isinstance(dst, str) and ZONE_RE.match(dst)
+            ):
+                raise ConfigError(f"zone map {src!r} -> {dst!r}: both must be zone ids")
         for z in zones:
             if not ZONE_RE.match(z):
                 raise ConfigError(f"zones: {z!r} is not a zone id (letters, digits, - _ .)")
@@ -175,6 +227,9 @@ class CarbonSubscriber:
         self.on_reading = on_reading
         self.status_topic = STATUS_TOPIC.format(device_id=device_id)
         self.error_counts: Counter[str] = Counter()
+        self.last_refusal: dict[str, str] = {}  # reason -> the latest refusal's message
+        self.status_interval_s = float(status_interval_s)
+        self._status_sent_s = 0.0
         self.received = 0
         self.accepted = 0
         self.connects = 0
@@ -196,7 +251,7 @@ class CarbonSubscriber:
             tls_insecure=tls_insecure,
             client_factory=client_factory,
         )
-        self._client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        self._client.will_set(self.status_topic, self.status_payload("lost"), qos=1, retain=True)
         self._client.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)
         self._client.on_connect = self._guard("on_connect", self._on_connect)
         self._client.on_disconnect = self._guard("on_disconnect", self._on_disconnect)
@@ -225,7 +280,8 @@ class CarbonSubscriber:
             self.connects += 1
             self.connect_error = None
         client.subscribe([(carbon_topic(z), 1) for z in self.zones])
-        client.publish(self.status_topic, "online", qos=1, retain=True)
+        self._status_sent_s = time.monotonic()
+        client.publish(self.status_topic, self.status_payload("online"), qos=1, retain=True)
         self._connected.set()
         with self._lock:
             self._changed.notify_all()
@@ -258,21 +314,67 @@ class CarbonSubscriber:
                 max_future_s=self.max_future_s,
                 max_bytes=self.max_bytes,
                 allow_replay=self.allow_replay,
+                signals=self.signals,
+                zone_map=self.zone_map,
             )
         except PayloadError as exc:
-            with self._lock:
-                self.error_counts[exc.reason] += 1
+            self._refuse(exc.reason, f"{topic[:80]}: {exc}")
             return
         with self._lock:
             prev = self._latest.get(reading.zone)
-            if prev is not None and reading.ts_s < prev.ts_s:
-                self.error_counts["out_of_order"] += 1  # an older value never replaces a newer one
+            # An older value never replaces a newer one; but a value stamped ahead of this
+            # clock (within max_future_s) orders only up to its arrival time, so a skewed
+            # publisher cannot freeze the later values that follow it.
+            if prev is not None and reading.ts_s < min(prev.ts_s, prev.received_s):
+                self.error_counts["out_of_order"] += 1
+                self.last_refusal["out_of_order"] = (
+                    f"{topic[:80]}: value for {_iso(reading.ts_s)} is older than the one held"
+                )
                 return
             self._latest[reading.zone] = reading
             self.accepted += 1
             self._changed.notify_all()
+        self._maybe_status()
         if self.on_reading is not None:
             self.on_reading(reading)
+
+    def _refuse(self, reason: str, message: str) -> None:
+        with self._lock:
+            self.error_counts[reason] += 1
+            self.last_refusal[reason] = message
+        self._maybe_status()
+
+    def _maybe_status(self) -> None:
+        """Republish "online" with the current counts, at most every status_interval_s."""
+        now = time.monotonic()
+        if self._connected.is_set() and now - self._status_sent_s >= self.status_interval_s:
+            self._status_sent_s = now
+            self._client.publish(
+                self.status_topic, self.status_payload("online"), qos=1, retain=True
+            )
+
+    def refusals(self) -> dict[str, int]:
+        """Refused messages per reason so far (a copy; safe from any thread)."""
+        with self._lock:
+            return {k: v for k, v in self.error_counts.items() if v}
+
+    def refusal_messages(self) -> dict[str, str]:
+        """The latest refusal's message per reason (a copy; safe from any thread)."""
+        with self._lock:
+            return dict(self.last_refusal)
+
+    def status_payload(self, state: str) -> str:
+        """The status topic's JSON: state, device id, time, received/accepted/refused counts."""
+        with self._lock:
+            doc = {
+                "state": state,
+                "device_id": self.device_id,
+                "ts": _iso(time.time()),
+                "received": self.received,
+                "accepted": self.accepted,
+                "refused": dict(self.error_counts),
+            }
+        return json.dumps(doc, separators=(",", ":"))
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> CarbonSubscriber:
@@ -326,7 +428,9 @@ class CarbonSubscriber:
         if self._started:
             try:
                 if self._connected.is_set():
-                    info = self._client.publish(self.status_topic, "offline", qos=1, retain=True)
+                    info = self._client.publish(
+                        self.status_topic, self.status_payload("offline"), qos=1, retain=True
+                    )
                     info.wait_for_publish(timeout=1.0)
                 self._client.disconnect()
             except Exception:
@@ -466,13 +570,15 @@ class CarbonPublisher:
         *,
         source: str = "carboncp",
         kind: str = "average",
+        basis: str = "direct",
         replay: bool = False,
         forecast: list[tuple[float, float]] | None = None,
         retain: bool = True,
     ) -> None:
         payload = format_carbon_payload(
-            zone, gco2_per_kwh, ts_s, source=source, kind=kind, forecast=forecast, replay=replay
-        )
+            zone, gco2_per_kwh, ts_s, source=source, kind=kind, basis=basis, forecast=forecast,
+            replay=replay,
+        )  # fmt: skip
         self.publish_raw(carbon_topic(zone), payload, retain=retain)
 
     def stop(self) -> None:

@@ -30,7 +30,8 @@ def mosquitto():
 
 
 class StatusWatcher:
-    """A plain paho client recording the device status topic."""
+    """A plain paho client recording the device status topic (JSON: `values` holds each
+    message's state, `docs` the whole documents)."""
 
     def __init__(self, url: str, topic: str) -> None:
         import paho.mqtt.client as paho
@@ -38,6 +39,7 @@ class StatusWatcher:
 
         a = parse_broker_url(url)
         self.values: list[str] = []
+        self.docs: list[dict] = []
         self.cond = threading.Condition()
         self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="watcher")
         self.c.on_connect = lambda c, *_: c.subscribe(topic, 1)
@@ -47,7 +49,9 @@ class StatusWatcher:
 
     def _msg(self, c, u, msg):
         with self.cond:
-            self.values.append(msg.payload.decode())
+            doc = json.loads(msg.payload.decode())
+            self.docs.append(doc)
+            self.values.append(doc["state"])
             self.cond.notify_all()
 
     def wait_value(self, value: str, n: int = 1, timeout: float = 5.0) -> bool:
@@ -75,10 +79,13 @@ def test_retained_value_status_and_last_will(mosquitto):
         # an ungraceful drop (no DISCONNECT): the broker publishes the Last Will, and the
         # subscriber reconnects, resubscribes in on_connect and announces itself again
         sub._client.socket().close()
-        assert watcher.wait_value("offline")
+        assert watcher.wait_value("lost")
         assert watcher.wait_value("online", n=2, timeout=8)
         assert sub.wait_for("DE", lambda r: True, 5) and sub.connects >= 2
-    assert watcher.wait_value("offline", n=2)  # clean stop announces offline too
+    assert watcher.wait_value("offline")  # clean stop announces offline, with the counts
+    last = watcher.docs[-1]
+    assert last["device_id"] == "pi-7" and last["accepted"] >= 2 and last["refused"] == {}
+    assert last["ts"].endswith("Z")
     watcher.close()
     sub.stop()  # idempotent
 
