@@ -30,10 +30,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def overhead(bundle_path: Path, n: int) -> dict[str, float]:
     from carboncp.runtime.artifacts.bundle import Bundle
     from carboncp.runtime.artifacts.runners import make_runner
-    from carboncp.runtime.device.wiring import optional_cost_model as cost_model_of
     from carboncp.runtime.decision.context import Decision
     from carboncp.runtime.decision.policy import TablePolicy
     from carboncp.runtime.device.loop import DeviceLoop, LoopConfig, StaticCarbon
+    from carboncp.runtime.device.wiring import optional_cost_model as cost_model_of
     from carboncp.runtime.signals.load import LoadSampler
 
     bundle = Bundle.load(bundle_path)

@@ -9,7 +9,9 @@ import numpy as np
 from carboncp.runtime.errors import ConfigError
 
 
-def iter_inputs(source: str, count: int, shape: tuple[int, ...], seed: int = 0) -> Iterator[np.ndarray]:
+def iter_inputs(
+    source: str, count: int, shape: tuple[int, ...], seed: int = 0
+) -> Iterator[np.ndarray]:
     """`count` uint8 images of `shape`: random, or cycled from a folder of .npy/PNG/JPEG."""
     if source == "random":
         rng = np.random.default_rng(seed)
