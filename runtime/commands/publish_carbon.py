@@ -1,14 +1,24 @@
 """Replay a real grid carbon-intensity trace (an Electricity Maps hourly CSV) into an MQTT
-broker as retained messages on carboncp/carbon/<ZONE>, one per hour of the trace, each carrying
-the trace's own timestamp and "replay": true. --speed sets how fast trace time runs: 3600 means
-one hour of trace per second (0: as fast as the broker takes them).
+broker as retained messages on carboncp/carbon/<ZONE>, one per hour of the trace. --speed sets
+how fast trace time runs: 3600 means one hour of trace per second (0: as fast as the broker
+takes them).
 
-Receivers must accept replays and judge staleness on the replay clock, not wall time
-(CarbonSubscriber(..., allow_replay=True, now_fn=ReplayClock(start, speed)); docs/FAULTS.md).
+Two modes:
+  plain replay (default): each value carries the trace's own (old) timestamp and
+    "replay": true. `carboncp run` REFUSES these (reason 'replay', shown in its records and
+    summary): they are for receivers that judge time on the same replay clock
+    (CarbonSubscriber(..., allow_replay=True, now_fn=ReplayClock(start, speed)); the demo).
+  --restamp: each value is stamped with the wall time it is published at, without the replay
+    mark, and source "restamped:<trace>": the trace's values as if live, which a device
+    (`carboncp run`) accepts. For demos and tests, never as a real grid signal.
+
+Values are average intensities, direct (--column direct, the default) or lifecycle
+(--column lca); the payload says which ("basis"), and a device accepts only the signal its
+bundle was built on (docs/FAULTS.md).
 
 Example:
-  carboncp publish-carbon --trace runtime/data/carbon/DE-LU_2023-09-11_8w.csv --zone DE \\
-      --broker mqtt://127.0.0.1:1884 --speed 3600 --start 2023-09-12T06:00Z --count 24
+  carboncp publish-carbon --trace runtime/data/carbon/DE-LU_2023-09-11_8w.csv --zone DE-LU \\
+      --broker mqtt://127.0.0.1:1884 --speed 3600 --start 2023-09-12T06:00Z --count 24 --restamp
 """
 
 from __future__ import annotations
@@ -51,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tls-insecure", action="store_true", help="do not verify the broker's certificate"
     )
+    parser.add_argument(
+        "--restamp",
+        action="store_true",
+        help="stamp each value with the time it is sent (not the trace's, no replay mark), "
+        "so that a device accepts it: for demos and tests",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-message progress on stderr")
 
 
@@ -67,13 +83,19 @@ def replay_trace(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     replay_clock: Any = None,
+    restamp: bool = False,
+    basis: str = "direct",
+    wall: Callable[[], float] = time.time,
 ) -> int:
     """Publish the trace's hours from `start_s` at `speed`; returns how many were published.
 
     Hour i goes out when the wall clock reaches (t_i - t_0) / speed after the first. With a
     `replay_clock` (a carbon_signals.ReplayClock shared with the receivers, as in the demo)
     hour i goes out when that clock reaches t_i, so publisher and receivers agree on trace
-    time exactly. `stop` ends the replay early (the demo runs this in a thread)."""
+    time exactly. `stop` ends the replay early (the demo runs this in a thread).
+
+    `restamp`: publish each value stamped `wall()` (the time it is sent), without the replay
+    mark, so a device judging time on its wall clock accepts it (demos and tests)."""
     from carboncp.runtime.checks import check_number
     from carboncp.runtime.errors import ConfigError
 
@@ -104,10 +126,11 @@ def replay_trace(
         publisher.publish(
             zone,
             value,
-            ts,
-            source=f"replay:{trace.source or 'trace'}",
+            wall() if restamp else ts,
+            source=f"{'restamped' if restamp else 'replay'}:{trace.source or 'trace'}",
             kind=trace.kind,
-            replay=True,
+            basis=basis,
+            replay=not restamp,
         )
         if progress is not None:
             progress(i + 1, n, ts, value)
@@ -116,14 +139,12 @@ def replay_trace(
 
 def _parse_start(text: str) -> float:
     from carboncp.runtime.errors import ConfigError
+    from carboncp.runtime.signals.carbon import parse_iso
 
     try:
-        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError as exc:
+        return parse_iso(text)
+    except (ValueError, OverflowError) as exc:
         raise ConfigError(f"--start {text!r} is not ISO 8601 (e.g. 2023-09-12T06:00Z)") from exc
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,6 +182,12 @@ def run(args: argparse.Namespace) -> int:
             start_s=start_s,
             count=args.count,
             progress=progress,
+            restamp=args.restamp,
+            basis="lifecycle" if args.column.lower() in ("lca", "lifecycle") else "direct",
         )
-    print(f"published {n} hours of {args.trace} to {args.broker} (zone {zone})", file=sys.stderr)
+    mode = "re-stamped to the time sent" if args.restamp else "replay-marked, trace timestamps"
+    print(
+        f"published {n} hours of {args.trace} to {args.broker} (zone {zone}; {mode})",
+        file=sys.stderr,
+    )
     return 0

@@ -11,7 +11,9 @@ Example:
       --device-zone DE-LU --server-zone GB --log run.jsonl
 
 Every setting can come from a TOML file (--config run.toml; see deploy/run.example.toml);
-command-line flags override it. --shape-trace paces the offload link to a bandwidth trace
+command-line flags override it. Carbon messages the device refuses are counted per reason in
+every record ("carbon_refused"), named on stderr the first time a reason occurs, and summed in
+the exit summary. --shape-trace paces the offload link to a bandwidth trace
 (a file, or a shipped trace name) scaled by --shape-scale, to emulate a device link on one
 machine. Without --broker the carbon intensities are fixed (carbon_fallback_gco2_per_kwh).
 """
@@ -31,7 +33,12 @@ _FLAGS: tuple[tuple[str, type, str], ...] = (
     ("broker", str, "MQTT broker for carbon signals, mqtt://HOST:PORT (mqtts:// for TLS)"),
     ("server", str, "edge server, http://HOST:PORT (none: local only)"),
     ("token", str, "bearer token for the edge server"),
-    ("power", str, "power source: none, sysfs[:NAME], ina219[:BUS[:ADDR]], jetson, serial:PORT"),
+    (
+        "power",
+        str,
+        "power source: none, sysfs[:NAME], ina219[:BUS[:ADDR]], jetson, serial:PORT, or fake "
+        "(a constant 1 W for tests and demos; records flag its energy 'fake_power')",
+    ),
     ("mode", str, "decision mode A, M or R (default A)"),
     ("policy", str, "table (default), argmin, local, server or fixed:P"),
     (
@@ -81,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     with open_device(settings) as device:
         loop, inputs = device.loop, device.inputs
         n = 0
+        warned: set[str] = set()
         t0 = time.monotonic()
         records = loop.run(inputs)
         while True:
@@ -97,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
                     "'carboncp inspect' and the 'server' setting"
                 ) from exc
             n += 1
+            warned = _warn_refusals(loop.carbon, warned)
             if not args.quiet:
                 fb = f" fallback={'+'.join(rec.fallbacks)}" if rec.fallbacks else ""
                 print(
@@ -113,4 +122,32 @@ def run(args: argparse.Namespace) -> int:
             f"{c['local']} local, {c['offloaded']} offloaded, {c['fallback']} fell back"
             + (f"; log {settings.log}" if settings.log else "")
         )
+        carbon_line = _carbon_summary(loop.carbon)
+        if carbon_line:
+            print(carbon_line)
     return 0
+
+
+def _warn_refusals(carbon: object, warned: set[str]) -> set[str]:
+    """One line on stderr the first time carbon messages are refused for a reason."""
+    messages = getattr(carbon, "refusal_messages", None)
+    if messages is None:
+        return warned
+    for reason, message in messages().items():
+        if reason not in warned:
+            warned = warned | {reason}
+            print(f"carboncp run: warning: carbon message refused ({message})", file=sys.stderr)
+    return warned
+
+
+def _carbon_summary(carbon: object) -> str | None:
+    """'carbon: N received, M accepted, refused {reason: count}' for an MQTT carbon source."""
+    stats = getattr(carbon, "stats", None)
+    if not isinstance(stats, dict):
+        return None
+    refused = {k: v for k, v in sorted(stats.get("errors", {}).items()) if v}
+    text = ", ".join(f"{k} {v}" for k, v in refused.items()) or "none"
+    return (
+        f"carboncp run: carbon messages: {stats['received']} received, {stats['accepted']} "
+        f"accepted, refused: {text}"
+    )

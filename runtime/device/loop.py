@@ -110,6 +110,8 @@ class InferenceRecord:
     model: dict[str, float] | None
     carbon_g: float | None
     true_bandwidth_mbps: float | None = None
+    # carbon messages refused so far, per reason (docs/FAULTS.md); {} when none or no broker
+    carbon_refused: dict[str, int] = field(default_factory=dict)
     output: np.ndarray | None = field(default=None, repr=False)
 
     def to_json(self) -> str:
@@ -476,8 +478,16 @@ class DeviceLoop:
             model=acct.model,
             carbon_g=acct.carbon_g,
             true_bandwidth_mbps=true_bw,
+            carbon_refused=self._carbon_refused(),
             output=run.output,
         )
+
+    def _carbon_refused(self) -> dict[str, int]:
+        """The carbon source's refused messages per reason (a subscriber's `refusals()`)."""
+        counts = getattr(self.carbon, "refusals", None)
+        if counts is None:
+            return {}
+        return dict(self._guard("carbon_refusals", counts, {}))
 
     def _head_fallback(self, p: int, x: np.ndarray, fallbacks: list[str]) -> tuple[int, np.ndarray]:
         """After the head of partition p failed: the full model on the device, else (it failed

@@ -2,7 +2,8 @@
 
 Keys (TOML at the top level or under [run]; CLI flags use dashes):
   bundle, server, token, broker, broker_username, broker_password, tls_ca, device_id,
-  carbon_ttl_s, carbon_fallback_gco2_per_kwh, device_zone, server_zone, power, power_rate_hz,
+  carbon_ttl_s, carbon_fallback_gco2_per_kwh, carbon_wait_s, carbon_max_future_s,
+  carbon_signals, carbon_zone_map, device_zone, server_zone, power, power_rate_hz,
   mode, policy, online, alpha, seed, input, count, interval_s, log, backend, max_loaded_heads,
   local_tail,
   deadline_ms, float16, device_load, battery_pct, probe_after_s,
@@ -45,6 +46,8 @@ _RANGES: dict[str, dict[str, Any]] = {
     "shape_scale": {"lo": 0, "lo_open": True},
     "power_rate_hz": {"lo": 0, "hi": 10000, "lo_open": True},  # INA219 converts at <= 2 kHz
     "carbon_ttl_s": {"lo": 0, "lo_open": True},
+    "carbon_wait_s": {"lo": 0, "hi": 60},
+    "carbon_max_future_s": {"lo": 0, "hi": 3600},
     "deadline_ms": {"lo": 0, "lo_open": True},
     "probe_after_s": {"lo": 0, "lo_open": True},
     "device_load": {"lo": 0, "hi": 1},
@@ -65,6 +68,14 @@ class RunSettings:
     device_id: str = "device"
     carbon_ttl_s: float = 7200.0
     carbon_fallback_gco2_per_kwh: float = 400.0
+    # Before the first inference, wait up to this long for the retained values of both zones
+    # (they arrive right after subscribing), so that it does not run on the fallback.
+    carbon_wait_s: float = 3.0
+    carbon_max_future_s: float = 60.0  # a value stamped further ahead is refused ('future')
+    # Signals accepted ("average/direct", "average/lifecycle", "marginal/direct"); None: the
+    # bundle's own (docs/BUNDLE.md, default average/direct). Others are refused 'signal_kind'.
+    carbon_signals: list[str] | None = None
+    carbon_zone_map: dict[str, str] | None = None  # payload zone -> topic zone, {"DE" = "DE-LU"}
     device_zone: str = "DE-LU"
     server_zone: str = "GB"
     power: str = "none"
@@ -145,6 +156,22 @@ def load_settings(
 
 
 def _coerce(key: str, v: Any, where: str) -> Any:
+    if key == "carbon_signals":  # a TOML list, or "a,b" on the command line
+        items = [x.strip() for x in v.split(",")] if isinstance(v, str) else v
+        if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+            raise ConfigError(f"setting '{key}' from {where}: {v!r} is not a list of names")
+        return items
+    if key == "carbon_zone_map":  # a TOML table, or "DE=DE-LU,FR=FR" on the command line
+        if isinstance(v, str):
+            pairs = [x.split("=", 1) for x in v.split(",") if x.strip()]
+            if not all(len(p) == 2 for p in pairs):
+                raise ConfigError(f"setting '{key}' from {where}: {v!r} is not ZONE=ZONE,...")
+            v = {a.strip(): b.strip() for a, b in pairs}
+        if not isinstance(v, dict) or not all(
+            isinstance(a, str) and isinstance(b, str) for a, b in v.items()
+        ):
+            raise ConfigError(f"setting '{key}' from {where}: {v!r} is not a table of zones")
+        return dict(v)
     want = {f.name: f.type for f in fields(RunSettings)}[key]
     kind = str(want)
     try:
@@ -194,6 +221,7 @@ def _validate(s: RunSettings, origin: dict[str, str]) -> None:
     for key in ("device_zone", "server_zone"):
         if not _ZONE_RE.match(getattr(s, key)):
             raise bad(key, f"{getattr(s, key)!r} is not a zone name (letters, digits, - and _)")
+    _validate_carbon(s, bad)
     if s.server is not None and not re.match(r"^http://[^/\s]+(:\d+)?/?$", s.server):
         raise bad("server", f"{s.server!r} must look like http://HOST:PORT")
     if s.broker is not None and not re.match(r"^mqtts?://[^/\s]+(:\d+)?/?$", s.broker):
@@ -209,3 +237,26 @@ def _validate(s: RunSettings, origin: dict[str, str]) -> None:
                 f"{s.shape_trace!r} is neither a file nor a shipped trace "
                 f"({', '.join(shipped_bandwidth_names())})",
             )
+
+
+def _validate_carbon(s: RunSettings, bad: Any) -> None:
+    """device_id, tls_ca, carbon_signals and carbon_zone_map (the MQTT side's settings)."""
+    from carboncp.runtime.signals.carbon import ZONE_RE, check_signals
+    from carboncp.runtime.signals.mqtt import DEVICE_ID_RULE
+
+    if not ZONE_RE.match(s.device_id):
+        raise bad(
+            "device_id",
+            f"{s.device_id!r} cannot be an MQTT topic level ({DEVICE_ID_RULE}; no '/', '+', "
+            "'#' or spaces)",
+        )
+    if s.tls_ca is not None and not Path(s.tls_ca).is_file():
+        raise bad("tls_ca", f"{s.tls_ca}: no such file (the CA certificate of the broker, PEM)")
+    if s.carbon_signals is not None:
+        try:
+            s.carbon_signals = list(check_signals(s.carbon_signals, "value"))
+        except ValueError as exc:
+            raise bad("carbon_signals", str(exc).removeprefix("value")) from None
+    for src, dst in (s.carbon_zone_map or {}).items():
+        if not ZONE_RE.match(src) or not ZONE_RE.match(dst):
+            raise bad("carbon_zone_map", f"{src!r} = {dst!r}: both must be zone names")

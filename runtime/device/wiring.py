@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from carboncp.runtime.decision.costs import CostModel, cost_model_of
 from carboncp.runtime.device.inputs import iter_inputs
 from carboncp.runtime.device.loop import CarbonSource, DeviceLoop, LoopConfig, StaticCarbon
 from carboncp.runtime.device.settings import RunSettings
-from carboncp.runtime.errors import ConfigError, SignalError
+from carboncp.runtime.errors import BundleError, ConfigError, SignalError
 from carboncp.runtime.link.offload import OffloadClient
 from carboncp.runtime.link.shaping import LinkShaper
 from carboncp.runtime.signals.bandwidth import BandwidthEstimator
@@ -100,24 +101,48 @@ def make_shaper(trace: str, scale: float, rtt_ms: float = 0.0) -> LinkShaper:
     return LinkShaper(load_bandwidth_trace(path), scale=scale, rtt_ms=rtt_ms)
 
 
-def open_carbon(settings: RunSettings, connect_wait_s: float = 5.0) -> CarbonSource:
-    """A started CarbonSubscriber for the device's and the server's zones.
+def bundle_carbon_signal(bundle: Bundle) -> str:
+    """The carbon signal the bundle was built on: its manifest's "carbon_signal"
+    ("average/direct" when absent; docs/BUNDLE.md)."""
+    from carboncp.runtime.signals.carbon import DEFAULT_SIGNAL, SIGNALS
+
+    sig = bundle.manifest.get("carbon_signal", DEFAULT_SIGNAL)
+    if sig not in SIGNALS:
+        raise BundleError(
+            f"{bundle.path}/manifest.json: carbon_signal {sig!r} is not one of "
+            f"{', '.join(SIGNALS)}; rebuild the bundle or fix the manifest"
+        )
+    return sig
+
+
+def open_carbon(
+    settings: RunSettings, connect_wait_s: float = 5.0, signals: list[str] | None = None
+) -> CarbonSource:
+    """A started CarbonSubscriber for the device's and the server's zones, accepting
+    `settings.carbon_signals` or else `signals` (the bundle's). Before returning it waits up
+    to `carbon_wait_s` for both zones' retained values, so that the first inference does not
+    run on the fallback when the broker holds fresh values.
 
     Raises:
         ConfigError: the broker refused the login (an unreachable broker is not fatal: carbon
             uses the fallback until it connects, with a warning on stderr).
     """
+    from carboncp.runtime.signals.carbon import DEFAULT_SIGNAL
     from carboncp.runtime.signals.mqtt import CarbonSubscriber
 
+    zones = [settings.device_zone, settings.server_zone]
     sub = CarbonSubscriber(
         settings.broker,
-        zones=[settings.device_zone, settings.server_zone],
+        zones=zones,
         device_id=settings.device_id,
         ttl_s=settings.carbon_ttl_s,
         fallback={"*": settings.carbon_fallback_gco2_per_kwh},
         username=settings.broker_username,
         password=settings.broker_password,
         tls_ca=settings.tls_ca,
+        signals=settings.carbon_signals or signals or [DEFAULT_SIGNAL],
+        zone_map=settings.carbon_zone_map,
+        max_future_s=settings.carbon_max_future_s,
     )
     sub.start()
     try:
@@ -127,9 +152,15 @@ def open_carbon(settings: RunSettings, connect_wait_s: float = 5.0) -> CarbonSou
             f"carboncp run: warning: {exc}; carbon uses the fallback until it connects",
             file=sys.stderr,
         )
+        return sub
     except ConfigError:
         sub.stop()
         raise
+    t0 = time.monotonic()
+    for zone in dict.fromkeys(zones):
+        left = settings.carbon_wait_s - (time.monotonic() - t0)
+        if left <= 0 or not sub.wait_for(zone, lambda r: True, left):
+            break
     return sub
 
 
@@ -222,7 +253,7 @@ def open_device(
                 shaper=shaper,
             )  # fmt: skip
         if carbon is None and settings.broker:
-            carbon = open_carbon(settings)
+            carbon = open_carbon(settings, signals=[bundle_carbon_signal(bundle)])
             stack.callback(carbon.stop)  # type: ignore[attr-defined]
         elif carbon is None:
             carbon = _static_carbon(settings)

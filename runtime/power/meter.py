@@ -15,7 +15,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from carboncp.runtime.power.base import PowerReading, PowerSource, integrate_energy_j
@@ -181,7 +181,21 @@ class EnergyMeter:
         modelled_power_mw: float | None = None,
         wait: bool = True,
     ) -> EnergyMeasurement:
-        """Energy over [t0_s, t1_s] (clock seconds), measured or, on a fault, modelled."""
+        """Energy over [t0_s, t1_s] (clock seconds), measured or, on a fault, modelled.
+        A fake source's measurements (power 'fake', tests and demos) are flagged 'fake_power'."""
+        m = self._energy_j(t0_s, t1_s, modelled_j, modelled_power_mw, wait)
+        if getattr(self.source, "name", None) == "fake":
+            m = replace(m, flags=(*m.flags, "fake_power"))
+        return m
+
+    def _energy_j(
+        self,
+        t0_s: float,
+        t1_s: float,
+        modelled_j: float | None,
+        modelled_power_mw: float | None,
+        wait: bool,
+    ) -> EnergyMeasurement:
         if t1_s < t0_s:
             raise ValueError(f"bad energy window [{t0_s}, {t1_s}]")
         margin = 2 * self.period_s
