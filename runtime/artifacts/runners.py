@@ -36,6 +36,14 @@ def expected_input(bundle: Bundle, p: int, part: str) -> tuple[str, tuple[int, .
 
     Heads always take the device's image. Tail p takes what crosses the link at p: the image
     for p = 0, else the float32 activation (float16 on the wire is cast back before the tail).
+
+    Parameters:
+        bundle: the loaded bundle.
+        p: the partition, 0..P (not range-checked here).
+        part: "head" or "tail" (anything but "head" is treated as "tail").
+
+    Returns:
+        (dtype name, shape) as the manifest states them.
     """
     if part == "head" or p == 0:
         return bundle.input_dtype, bundle.input_shape
@@ -64,7 +72,21 @@ def _artifact(bundle: Bundle, p: int, part: str, fmt: str) -> str:
 
 
 def check_input(bundle: Bundle, p: int, part: str, x: Any) -> np.ndarray:
-    """Validate x against the manifest; return it as a C-contiguous array."""
+    """Validate x against the manifest; return it as a C-contiguous array.
+
+    Parameters:
+        bundle: the loaded bundle.
+        p: the partition whose artifact will run x.
+        part: "head" or "tail".
+        x: the input.
+
+    Returns:
+        x (a C-contiguous copy only when it was not contiguous).
+
+    Raises:
+        ValueError: x is not a numpy array, or its dtype or shape differs from
+            `expected_input(bundle, p, part)`.
+    """
     if not isinstance(x, np.ndarray):
         raise ValueError(f"{part} {p} of {bundle.model_name}: input must be a numpy array")
     dtype, shape = expected_input(bundle, p, part)
@@ -108,6 +130,16 @@ class LiteRTRunner:
     (ResNet-18's full head: ~150 MB of RSS; all six heads: ~335 MB). `max_loaded` keeps at
     most that many heads loaded, evicting the least recently used; reloading one costs a
     model load and weight packing (tens of ms), so use 1 or 2 on memory-tight devices.
+    Thread-safe; usable as a context manager (closes on exit).
+
+    Parameters:
+        bundle: the loaded bundle whose `.tflite` heads to run.
+        num_threads: interpreter threads per head; None uses every core (os.cpu_count()).
+        max_loaded: keep at most this many heads loaded (>= 1), or None for no limit.
+
+    Raises:
+        ValueError: max_loaded < 1.
+        BackendMissingError: neither ai_edge_litert nor tflite_runtime is installed.
     """
 
     def __init__(
@@ -165,6 +197,21 @@ class LiteRTRunner:
         return list(self._cache)
 
     def run(self, p: int, x: np.ndarray) -> np.ndarray:
+        """Run partition p's head on x (loading it on first use).
+
+        Parameters:
+            p: the partition, 1..P (p = 0 has no head: the device sends the image).
+            x: the input image, of the manifest's dtype and shape (`expected_input`).
+
+        Returns:
+            A copy of the head's output (the activation to send at p).
+
+        Raises:
+            ValueError: p is not an int in 0..P, or x has the wrong type, dtype or shape.
+            BundleError: p has no .tflite head, or the model does not load or does not match
+                the manifest.
+            RuntimeError: the runner is closed.
+        """
         interp, i_in, i_out = self._load(p)
         x = check_input(self.bundle, p, "head", x)
         with self._lock:  # an interpreter is not re-entrant
@@ -173,6 +220,7 @@ class LiteRTRunner:
             return np.array(interp.get_tensor(i_out), copy=True)
 
     def close(self) -> None:
+        """Drop every loaded head; later `run` calls raise RuntimeError. Idempotent."""
         with self._lock:
             self._cache.clear()
             self._closed = True
@@ -191,7 +239,20 @@ class LiteRTRunner:
 
 
 class ExecuTorchRunner:
-    """Runs `.pte` heads (device) or tails (edge server) with `executorch.runtime`."""
+    """Runs `.pte` heads (device) or tails (edge server) with `executorch.runtime`.
+
+    Programs stay loaded once used. Thread-safe; usable as a context manager (closes on exit).
+
+    Parameters:
+        bundle: the loaded bundle whose `.pte` artifacts to run.
+        part: "head" or "tail".
+        num_threads: XNNPACK threads; process-wide (it sets every runner's pool). None leaves
+            the pool as it is.
+
+    Raises:
+        ValueError: part is not "head" or "tail".
+        BackendMissingError: torch or executorch is not installed.
+    """
 
     def __init__(self, bundle: Bundle, part: str = "head", num_threads: int | None = None) -> None:
         if part not in PARTS:
@@ -241,6 +302,22 @@ class ExecuTorchRunner:
             return self._cache[p]
 
     def run(self, p: int, x: np.ndarray) -> np.ndarray:
+        """Run partition p's head or tail on x (loading its program on first use).
+
+        Parameters:
+            p: the partition: 1..P for a head, 0..P-1 for a tail.
+            x: the input of the manifest's dtype and shape (`expected_input`): a tail takes
+                the float32 activation (the image at p = 0).
+
+        Returns:
+            A copy of the program's first output (the activation, or a tail's logits).
+
+        Raises:
+            ValueError: p is not an int in 0..P, or x has the wrong type, dtype or shape.
+            BundleError: p has no .pte for this part, or the program does not load or has no
+                'forward' method.
+            RuntimeError: the runner is closed.
+        """
         method = self._load(p)
         x = check_input(self.bundle, p, self.part, x)
         with self._lock:
@@ -248,6 +325,7 @@ class ExecuTorchRunner:
         return out[0].detach().numpy().copy()
 
     def close(self) -> None:
+        """Drop every loaded program; later `run` calls raise RuntimeError. Idempotent."""
         with self._lock:
             self._cache.clear()
             self._closed = True
@@ -273,7 +351,23 @@ def make_runner(
 ) -> Runner:
     """A runner for `backend` ("litert" for .tflite heads, "executorch" for .pte heads/tails).
 
-    `options` go to the runner (num_threads; max_loaded for LiteRT)."""
+    `options` go to the runner (num_threads; max_loaded for LiteRT).
+
+    Parameters:
+        bundle: the loaded bundle.
+        backend: "litert" or "executorch".
+        part: "head" or "tail" (tails need "executorch").
+        **options: keyword arguments of `LiteRTRunner` or `ExecuTorchRunner`.
+
+    Returns:
+        A `Runner`; close it (or use it as a context manager) when done.
+
+    Raises:
+        ValueError: unknown backend, a tail asked of LiteRT, an invalid part, or
+            max_loaded < 1.
+        TypeError: an option the runner does not take.
+        BackendMissingError: the backend's package is not installed.
+    """
     if backend == "litert":
         if part != "head":
             raise ValueError("the LiteRT runner runs heads only; tails are .pte (executorch)")

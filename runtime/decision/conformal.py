@@ -30,7 +30,18 @@ class SmallCalibrationWarning(UserWarning):
 
 
 def check_alpha(alpha: float, key: str = "alpha") -> float:
-    """α must be a finite number strictly between 0 and 1."""
+    """α must be a finite number strictly between 0 and 1.
+
+    Parameters:
+        alpha: the value to check (anything float() accepts).
+        key: the setting's name in the error message.
+
+    Returns:
+        alpha as a float.
+
+    Raises:
+        ConfigError: alpha is not a number, or not finite and in (0, 1).
+    """
     try:
         a = float(alpha)
     except (TypeError, ValueError) as exc:
@@ -61,6 +72,17 @@ def split_threshold(scores: Any, alpha: float, *, warn: bool = True) -> float:
 
     With n < 1/α − 1 no finite threshold has the guarantee: returns +inf (the full set)
     and warns, rather than failing.
+
+    Parameters:
+        scores: the calibration scores (any shape; flattened).
+        alpha: target miss rate in (0, 1).
+        warn: emit `SmallCalibrationWarning` when the threshold is +inf.
+
+    Returns:
+        q̂, or +inf when the calibration set is too small for α.
+
+    Raises:
+        ConfigError: alpha is invalid (`check_alpha`) or a score is NaN.
     """
     alpha = check_alpha(alpha)
     s = _clean_scores(scores)
@@ -79,12 +101,19 @@ def split_threshold(scores: Any, alpha: float, *, warn: bool = True) -> float:
 
 
 def upper_bound_offset(residuals: Any, alpha: float) -> float:
-    """One-sided conformal upper offset: P(r_new <= offset) >= 1 − α (r = realised − predicted)."""
+    """One-sided conformal upper offset: P(r_new <= offset) >= 1 − α (r = realised − predicted).
+
+    Returns +inf when there are too few residuals for α. Raises ConfigError as
+    `split_threshold` does (invalid alpha, NaN residuals).
+    """
     return split_threshold(residuals, alpha)
 
 
 def lower_bound_offset(residuals: Any, alpha: float) -> float:
-    """One-sided conformal lower offset: P(r_new >= offset) >= 1 − α (−inf when n is too small)."""
+    """One-sided conformal lower offset: P(r_new >= offset) >= 1 − α (−inf when n is too small).
+
+    Raises ConfigError as `split_threshold` does (invalid alpha, NaN residuals).
+    """
     return -split_threshold(-_clean_scores(residuals, "residuals"), alpha)
 
 
@@ -95,6 +124,14 @@ class ACI:
     so small that no score qualifies, and 0 (only the best-scored partition) once α_t >= 1.
     α_t is kept in [−γ, 1 + γ]: the lower end is never passed (an infinite threshold covers),
     and cutting the upper end only removes upward steps, so the long-run miss rate stays <= α.
+
+    Parameters:
+        alpha: target miss rate in (0, 1).
+        gamma: step size γ in (0, 1).
+        sorted_scores: the calibration scores (sorted here; empty means +inf below α_t = 1).
+
+    Raises:
+        ConfigError: alpha or gamma is outside (0, 1).
     """
 
     def __init__(self, alpha: float, gamma: float = 0.01, sorted_scores: Sequence[float] = ()):
@@ -109,6 +146,7 @@ class ACI:
         self._thr: float | None = None
 
     def update(self, err: bool | int | float) -> None:
+        """One step of α_t with err_t = 1 when `err` is truthy (the set missed), else 0."""
         e = 1.0 if err else 0.0
         self.n_updates += 1
         self.n_errors += int(e)
@@ -117,6 +155,7 @@ class ACI:
         self._thr = None
 
     def threshold(self) -> float:
+        """The current threshold at α_t (+inf, a calibration score, or 0 once α_t >= 1)."""
         if self._thr is None:  # α_t only changes in update(): cache the lookup
             self._thr = self._threshold()
         return self._thr
@@ -133,6 +172,7 @@ class ACI:
 
     @property
     def error_rate(self) -> float:
+        """Fraction of updates that were misses (0.0 before the first update)."""
         return self.n_errors / self.n_updates if self.n_updates else 0.0
 
 
@@ -143,6 +183,10 @@ class BinnedLogit:
     Flexible enough to follow a carbon zone's whole intensity range (a linear classifier
     missed coverage by 4 points while planning), tiny to store (one weight per bin), and
     cheap to evaluate in pure Python on the device.
+
+    Parameters:
+        edges: per feature, the increasing bin edges (feature f has len(edges[f]) + 1 bins).
+        l2: the L2 penalty on the bin weights (the intercept is not penalised).
     """
 
     def __init__(self, edges: Sequence[Sequence[float]], l2: float = 0.1):
@@ -154,10 +198,12 @@ class BinnedLogit:
 
     @property
     def n_features(self) -> int:
+        """F: the number of features (one edges list each)."""
         return len(self.edges)
 
     def bins(self, x: np.ndarray) -> np.ndarray:
-        """(N, F) bin index of every feature (np.searchsorted right: edge values go up)."""
+        """(N, F) bin index of every feature of x, (N, F) or (F,) (np.searchsorted right: edge
+        values go up)."""
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
         return np.stack(
             [np.searchsorted(e, x[:, f], side="right") for f, e in enumerate(self.edges)], axis=1
@@ -171,7 +217,15 @@ class BinnedLogit:
         return z
 
     def fit_bins(self, cal_bins: np.ndarray, test_bins: np.ndarray, iters: int = 12) -> BinnedLogit:
-        """Fit on bin indices: calibration contexts labelled 0, test contexts labelled 1."""
+        """Fit on bin indices: calibration contexts labelled 0, test contexts labelled 1.
+
+        Parameters:
+            cal_bins, test_bins: (N, F) bin indices (`bins`) of the two sets of contexts.
+            iters: at most this many Newton steps.
+
+        Returns:
+            self, fitted.
+        """
         z = self._design(np.concatenate([cal_bins, test_bins]))
         y = np.concatenate([np.zeros(len(cal_bins)), np.ones(len(test_bins))])
         z = np.hstack([z, np.ones((len(z), 1))])
@@ -192,9 +246,11 @@ class BinnedLogit:
         return self
 
     def fit(self, x_cal: np.ndarray, x_test: np.ndarray, iters: int = 12) -> BinnedLogit:
+        """`fit_bins` on raw (N, F) contexts; returns self."""
         return self.fit_bins(self.bins(x_cal), self.bins(x_test), iters)
 
     def logit_bins(self, bins: np.ndarray) -> np.ndarray:
+        """(N,) logit of P(test | x) for (N, F) bin indices."""
         idx = self.offsets[:-1][None, :] + bins
         return self.intercept + self.weights[idx].sum(axis=1)
 
@@ -215,6 +271,7 @@ class BinnedLogit:
         return self._wlist
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (kind, edges, l2, weights, intercept) that `from_dict` reads."""
         return {
             "kind": "binned_logit",
             "edges": [e.tolist() for e in self.edges],
@@ -225,6 +282,12 @@ class BinnedLogit:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BinnedLogit:
+        """The classifier `to_dict` wrote (weights zero when the dict has none).
+
+        Raises:
+            ConfigError: the kind is not 'binned_logit', or 'weights' does not match 'edges'.
+            KeyError: the dict has no 'edges'.
+        """
         if d.get("kind") != "binned_logit":
             raise ConfigError(
                 f"weighted-CP classifier kind {d.get('kind')!r} is not 'binned_logit'"
@@ -250,6 +313,7 @@ def default_ess_floor(alpha: float) -> float:
     """Below this ESS the weighted threshold is too noisy to trust: fall back to ACI.
 
     10/α (100 at α = 0.1): about ten effective points beyond the rank the quantile needs.
+    Never below 50. Raises ConfigError when alpha is invalid (`check_alpha`).
     """
     return max(50.0, 10.0 / check_alpha(alpha))
 
@@ -257,7 +321,17 @@ def default_ess_floor(alpha: float) -> float:
 def weighted_quantile_inf(
     sorted_scores: np.ndarray, sorted_weights: np.ndarray, w_test: float, alpha: float
 ) -> float:
-    """(1−α)-quantile of Σ p_i δ_{s_i} + p_{n+1} δ_{+inf}, with p ∝ (w_i, w_test)."""
+    """(1−α)-quantile of Σ p_i δ_{s_i} + p_{n+1} δ_{+inf}, with p ∝ (w_i, w_test).
+
+    Parameters:
+        sorted_scores: the calibration scores, ascending.
+        sorted_weights: their weights w_i, in the same order.
+        w_test: the test point's weight (its mass sits at +inf).
+        alpha: target miss rate (not checked here).
+
+    Returns:
+        The smallest score whose cumulative mass reaches 1 − α, or +inf.
+    """
     cum = np.cumsum(sorted_weights)
     total = cum[-1] + w_test if cum.size else w_test
     need = (1.0 - alpha) * total
@@ -271,6 +345,16 @@ class WeightedCP:
     `refit(window_bins)` trains the classifier on calibration vs window and computes the
     calibration weights w_i = c/(1−c)·n_cal/n_test and their ESS; `threshold_row(row)` then
     costs one classifier evaluation and one bisection (pure Python).
+
+    Parameters:
+        classifier: the `BinnedLogit` to refit (its edges fixed at build).
+        cal_bins: (n_cal, F) bin indices of the calibration contexts.
+        cal_scores: (n_cal,) their scores.
+        alpha: target miss rate in (0, 1).
+        ess_floor: `ready` needs ESS >= this; None uses `default_ess_floor(alpha)`.
+
+    Raises:
+        ConfigError: alpha is invalid, or a calibration score is NaN.
     """
 
     def __init__(
@@ -291,7 +375,15 @@ class WeightedCP:
         self._ratio = 1.0
 
     def refit(self, window_bins: np.ndarray) -> float:
-        """Fit on the window; returns the ESS (ready only when ESS >= floor)."""
+        """Fit on the window; returns the ESS (ready only when ESS >= floor).
+
+        Parameters:
+            window_bins: (n_test, F) bin indices of the recent contexts.
+
+        Returns:
+            The median ESS a window point sees; 0.0 (and not ready) when the window or the
+            calibration set has fewer than two contexts.
+        """
         window_bins = np.asarray(window_bins, dtype=np.int32)
         if len(window_bins) < 2 or len(self.cal_bins) < 2:
             self.ready = False
@@ -321,6 +413,10 @@ class WeightedCP:
         return math.exp(min(30.0, max(-30.0, self.clf.logit_row(row)))) * self._ratio
 
     def threshold_row(self, row: Sequence[float], alpha: float | None = None) -> float:
+        """Weighted threshold for one context (CONTEXT_FIELDS order); +inf when the +inf mass
+        is needed. `alpha` overrides the target (not checked). Needs a `refit` that fitted
+        (one with two or more contexts on each side) first: AttributeError otherwise.
+        """
         a = self.alpha if alpha is None else alpha
         w = self.weight_row(row)
         cum = self._cum

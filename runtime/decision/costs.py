@@ -68,6 +68,11 @@ class CostModel:
     early_abandon_ms (when set) if the upload itself, up + RTT, cannot meet the deadline (the
     device sees that from the bytes sent), else the deadline (it waits for a late answer).
     B = 0 (an outage) always falls back.
+
+    Parameters:
+        profile: the device/server profile (per-partition times in ms, powers in mW, bytes).
+        objective: the weights, SLO (`slo` here, ms or None), deadline rule and reference
+            context J is normalised by (docs/COSTS.md).
     """
 
     def __init__(self, profile: Profile, objective: Objective) -> None:
@@ -163,6 +168,17 @@ class CostModel:
 
         The transfer uses x's bandwidth, or `tx_mbps` (N,) when given (the rate realised at
         the moment of sending).
+
+        Parameters:
+            x: (N, 7) contexts, or one (7,) context.
+            tx_mbps: (N,) transfer bandwidth in Mbit/s, or None for x's bandwidth_mbps.
+
+        Returns:
+            `Costs` with (N, P+1) arrays: latency_ms, the device/server/network energies in J,
+            carbon_g, battery_pct, objective (J) and fallback.
+
+        Raises:
+            ValueError: x does not have 7 (len(CONTEXT_FIELDS)) columns.
         """
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
         if x.shape[1] != len(CONTEXT_FIELDS):
@@ -262,6 +278,17 @@ class CostModel:
 
         Same formulas as `evaluate`, arranged for speed: energies in uJ (mW * ms), and J as
         a * E_d + c * E_srv + wt * T with the per-context constants a and c folded once.
+
+        Parameters:
+            ctx: one context in CONTEXT_FIELDS order (7 floats).
+            bandwidth_mbps: the transfer's rate; <= 0 is an outage (every p < P falls back).
+            partitions: the partitions to price, or None for 0..P.
+
+        Returns:
+            (latency_ms, J): two lists aligned with `partitions` (or 0..P).
+
+        Raises:
+            ValueError: a partition is outside 0..P.
         """
         (p_act, p_idle, p_srv, wasted, dl, early, slo, slack, radio_a, radio_b, radio_cap,
          e_net_uj, wc_j, wb_j, wt, fixed_id, tau_local, low, bk, gd_u, gd_g, gd_seg, gs_v,
@@ -343,7 +370,14 @@ class CostModel:
         partitions: Sequence[int] | None = None,
     ) -> list[float]:
         """J for one context with the given bandwidth (pure Python): every partition, or
-        only `partitions` (aligned with it), as in `row`."""
+        only `partitions` (aligned with it), as in `row`.
+
+        Returns:
+            J per partition, aligned with `partitions` (or 0..P).
+
+        Raises:
+            ValueError: a partition is outside 0..P.
+        """
         return self.row(ctx, bandwidth_mbps, partitions)[1]
 
 
@@ -360,7 +394,17 @@ def _curve(x: np.ndarray, y: np.ndarray) -> tuple[list[float], list[float], list
 
 def cost_model_of(bundle: Any, objective_required: bool = True) -> CostModel:
     """A loaded bundle's CostModel: its profile and the objective it was built for (the
-    default objective when it has none and `objective_required` is False)."""
+    default objective when it has none and `objective_required` is False).
+
+    Parameters:
+        bundle: a loaded `Bundle` with a 'profile' section.
+        objective_required: whether a bundle without an 'objective' section is an error.
+
+    Raises:
+        BundleError: the 'profile' section is missing or malformed, or covers other partitions
+            than the bundle; or no 'objective' section while `objective_required`.
+        ConfigError: the bundle's objective section is invalid.
+    """
     obj = bundle.section("objective")
     if obj is not None:
         where = str(bundle.path / bundle.manifest["sections"]["objective"])

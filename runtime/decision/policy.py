@@ -39,11 +39,38 @@ class _SetEntry(NamedTuple):
 
 
 class TablePolicy:
-    """CarbonCP's decision from the threshold table.
+    """CarbonCP's decision from the threshold table (docs/METHOD.md §6-8; a `Policy`).
+
+    Per inference: the context's table cell, the conformal set (partitions whose cell score is
+    <= the threshold), then the SLO guard (keeps the partitions whose conformal latency upper
+    bound meets the SLO; when none would, the whole set is kept and the decision is flagged
+    "slo_guard_relaxed"). When two or more partitions survive, `mode` picks one:
+    "A" the lowest live J (`CostModel.row`) among those meeting the SLO at the conformal lower
+    bound of the bandwidth (the fastest when none does; ties to the lowest score), "M" the
+    lowest table score, "R" one uniformly at random.
 
     online: "aci" (default; α_t adapts from each realised context), "weighted" (weighted CP
     from a window of recent contexts, falling back to ACI while its ESS is below the floor
     or the window is still filling) or "split" (the table's fixed q̂).
+
+    Parameters:
+        table: the loaded threshold table (`Table.from_bundle`).
+        cost_model: the bundle's `CostModel` (mode A's pricing, the oracle in `observe`);
+            its `slo` (ms, or None) is mode A's and the oracle's SLO (the guard's is the
+            table's `slo_ms`).
+        mode: "A", "M" or "R".
+        alpha: target miss rate in (0, 1); None uses the table's α, another value recomputes
+            q̂ from the table's calibration scores.
+        seed: seed of mode R's random choice.
+        online: "aci", "weighted" or "split".
+        gamma: ACI step size in (0, 1).
+        window: how many recent contexts weighted CP fits its weights on.
+        refit_every: observations between two weighted-CP refits.
+        known_bandwidth: mode A prices at the seen bandwidth instead of its lower bound.
+
+    Raises:
+        ConfigError: `mode`, `online`, `alpha` or `gamma` is invalid, or (online="weighted")
+            the table's weighted-CP classifier does not load.
     """
 
     def __init__(
@@ -115,7 +142,22 @@ class TablePolicy:
         online: str = "aci",
         **kw: Any,
     ) -> TablePolicy:
-        """Load the table, the profile and the objective the bundle was built for."""
+        """Load the table, the profile and the objective the bundle was built for.
+
+        Parameters:
+            bundle: a loaded `Bundle` with 'table', 'profile' and 'objective' sections.
+            mode, alpha, seed, online: as for `TablePolicy`.
+            **kw: the keyword-only options of `TablePolicy` (gamma, window, refit_every,
+                known_bandwidth).
+
+        Returns:
+            The policy over the bundle's table and `cost_model_of(bundle)`.
+
+        Raises:
+            BundleError: the bundle lacks the table, profile or objective section, or one is
+                malformed or disagrees with the bundle's partitions.
+            ConfigError: the bundle's objective is invalid, or an argument is (as above).
+        """
         from carboncp.runtime.decision.costs import cost_model_of
 
         cost = cost_model_of(bundle)  # a bundle without an objective: BundleError naming it
@@ -131,6 +173,19 @@ class TablePolicy:
 
     # -- Policy protocol -------------------------------------------------------------------
     def decide(self, seen: Context) -> Decision:
+        """Choose the partition for one inference.
+
+        Parameters:
+            seen: the context observed before the inference.
+
+        Returns:
+            The `Decision`: the partition, the conformal set it came from (`candidates`), the
+            mode, the table cell and flags ("slo_guard_relaxed" when the guard was relaxed).
+
+        Raises:
+            BundleError: the threshold is NaN or a cell's set is empty (a corrupt table or
+                calibration scores; rebuild the bundle).
+        """
         row = (
             seen.bandwidth_mbps,
             seen.rtt_ms,
@@ -231,7 +286,17 @@ class TablePolicy:
         return p
 
     def observe(self, decision: Decision, seen: Context, realised: Context) -> None:
-        """Oracle under the realised context; err = oracle not in the set; update ACI/WCP."""
+        """Oracle under the realised context; err = oracle not in the set; update ACI/WCP.
+
+        The oracle is the lowest-J partition within the SLO under `realised` (the fastest
+        when none is). Call once per decision, after the inference.
+
+        Parameters:
+            decision: what `decide` returned for this inference.
+            seen: the context `decide` was given (online="weighted" adds it to its window
+                and refits every `refit_every` observations).
+            realised: the context measured once the inference is done.
+        """
         r = (
             realised.bandwidth_mbps,
             realised.rtt_ms,

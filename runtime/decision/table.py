@@ -28,7 +28,13 @@ LATENCY_FEATURES = (0, 1, 2, 3)
 
 @dataclass
 class Table:
-    """Scores per cell and partition, the calibrated thresholds and the guard's bounds."""
+    """Scores per cell and partition, the calibrated thresholds and the guard's bounds.
+
+    The device decides from it through `TablePolicy`; build one with 'carboncp build' and load
+    it with `Table.from_bundle` (layout in docs/TABLE.md). A context row (CONTEXT_FIELDS order)
+    falls in bin `bisect_right(edges[f], x[f])` of each feature f; its cell is the row-major
+    index of those bins in `shape`. Partitions are 0..P (`n_partitions` = P+1).
+    """
 
     edges: list[list[float]]  # per CONTEXT_FIELDS feature, increasing; bin = bisect_right
     scores: np.ndarray  # (n_cells, P+1) float16, s = Q − min_p Q (0 at the cell's argmin)
@@ -46,17 +52,21 @@ class Table:
     # -- shape -------------------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, ...]:
+        """Bins per feature (len(edges[f]) + 1): the table's cell grid."""
         return tuple(len(e) + 1 for e in self.edges)
 
     @property
     def latency_shape(self) -> tuple[int, ...]:
+        """Bins per latency feature (LATENCY_FEATURES): the latency sub-table's grid."""
         return tuple(len(self.edges[f]) + 1 for f in LATENCY_FEATURES)
 
     @property
     def n_partitions(self) -> int:
+        """P+1: the number of partitions the table scores."""
         return int(self.scores.shape[1])
 
     def strides(self, shape: tuple[int, ...]) -> list[int]:
+        """Row-major strides of `shape`: cell = Σ bin[f] * strides[f]."""
         out, s = [], 1
         for d in reversed(shape):
             out.append(s)
@@ -65,6 +75,8 @@ class Table:
 
     # -- lookups -----------------------------------------------------------------------------
     def bins(self, x: np.ndarray) -> np.ndarray:
+        """(N, 7) bin index of every feature of contexts x, (N, 7) or (7,) in CONTEXT_FIELDS
+        order (searchsorted right: a value on an edge goes up)."""
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
         return np.stack(
             [
@@ -75,34 +87,39 @@ class Table:
         )
 
     def cells(self, x: np.ndarray) -> np.ndarray:
-        """Cell index of every context row (numpy; the tooling's path)."""
+        """(N,) cell index of every context row of x, (N, 7) or (7,) (numpy; the tooling's path)."""
         b = self.bins(x)
         return (b * np.asarray(self.strides(self.shape))).sum(axis=1)
 
     def latency_cells(self, x: np.ndarray) -> np.ndarray:
+        """(N,) latency-cell index of every context row of x (its LATENCY_FEATURES bins)."""
         b = self.bins(x)[:, list(LATENCY_FEATURES)]
         return (b * np.asarray(self.strides(self.latency_shape))).sum(axis=1)
 
     def latency_upper_ms(self) -> np.ndarray:
-        """(n_lat_cells, P+1) conformal latency upper bounds of the SLO guard."""
+        """(n_lat_cells, P+1) conformal latency upper bounds of the SLO guard, in ms."""
         return self.latency_ms.astype(np.float64) + np.asarray(self.latency_offset_ms)[None, :]
 
     def guard_ok(self) -> np.ndarray:
-        """(n_lat_cells, P+1) bool: the partition's latency bound meets the SLO."""
+        """(n_lat_cells, P+1) bool: the partition's latency bound meets the SLO (all True
+        when `slo_ms` is None)."""
         if self.slo_ms is None:
             return np.ones(self.latency_ms.shape, dtype=bool)
         return self.latency_upper_ms() <= self.slo_ms
 
     def bandwidth_lower(self, bandwidth_mbps: float) -> float:
+        """Conformal lower bound (Mbit/s) of the realised bandwidth given the seen one."""
         return bandwidth_mbps * math.exp(self.bandwidth_log_lower)
 
     def n_bytes(self) -> int:
+        """Bytes held by the table's arrays (scores, latency_ms, cal_scores, cal_bins)."""
         return int(
             sum(a.nbytes for a in (self.scores, self.latency_ms, self.cal_scores, self.cal_bins))
         )
 
     # -- storage -----------------------------------------------------------------------------
     def layout(self) -> dict[str, Any]:
+        """The table.json dict (format, edges, shapes, thresholds, the .npy files' specs)."""
         return {
             "format": TABLE_FORMAT,
             "features": list(CONTEXT_FIELDS),
@@ -144,7 +161,11 @@ class Table:
         }
 
     def save(self, root: Path) -> list[str]:
-        """Write table/table.json and the .npy files under root; returns their relative paths."""
+        """Write table/table.json and the .npy files under root; returns their relative paths.
+
+        Raises:
+            OSError: `root` cannot be written.
+        """
         d = Path(root) / TABLE_DIR
         d.mkdir(parents=True, exist_ok=True)
         arrays = {
@@ -162,7 +183,18 @@ class Table:
 
     @classmethod
     def from_layout(cls, layout: dict[str, Any], read: Any, where: str = TABLE_JSON) -> Table:
-        """Build from table.json's dict and `read(rel_path) -> Path` (a bundle's file lookup)."""
+        """Build from table.json's dict and `read(rel_path) -> Path` (a bundle's file lookup).
+
+        Parameters:
+            layout: table.json's content (`layout()` of the table that was saved).
+            read: maps a path relative to the bundle root to the file to load.
+            where: how error messages name table.json.
+
+        Raises:
+            BundleError: wrong format, a missing key or malformed value, an unreadable array,
+                an array whose dtype/shape differs from the layout, arrays that disagree with
+                each other or the edges, or a weighted-CP classifier that does not load.
+        """
         if layout.get("format") != TABLE_FORMAT:
             raise BundleError(
                 f"{where}: table format {layout.get('format')!r} is not {TABLE_FORMAT!r}; "
@@ -204,6 +236,12 @@ class Table:
 
     @classmethod
     def from_bundle(cls, bundle: Any) -> Table:
+        """The table of a loaded `Bundle` (its 'table' section and arrays).
+
+        Raises:
+            BundleError: the bundle has no 'table' section, the table is malformed (see
+                `from_layout`), or it scores another number of partitions than the bundle has.
+        """
         layout = bundle.section("table")
         if layout is None:
             raise BundleError(

@@ -33,7 +33,23 @@ def _int(text: str, key: str) -> int:
 
 
 def open_power_source(spec: str, **kwargs: object) -> PowerSource | None:
-    """Open the backend named by `spec` (see the module docstring); extra kwargs go to it."""
+    """Open the backend named by `spec` (see the module docstring); extra kwargs go to it.
+
+    Parameters:
+        spec: one of SPECS, e.g. "ina219:1:0x40" (BUS and ADDR decimal or 0x-prefixed); an
+            empty spec is "none"; the kind is case-insensitive.
+        **kwargs: keyword arguments of the backend's class (e.g. `clock`, `opener`).
+
+    Returns:
+        The opened source (close it, or use it as a context manager), or None for "none".
+
+    Raises:
+        ConfigError: unknown kind, a non-integer BUS/ADDR, "serial" without a port, or an
+            invalid INA219 calibration.
+        BackendMissingError: the backend's device, files or package are not there.
+        PowerSourceError: the device is there but cannot be opened or set up (a SensorFault).
+        TypeError: a keyword argument the backend does not take.
+    """
     kind, _, arg = (spec or "none").strip().partition(":")
     kind = kind.lower()
     if kind == "none":

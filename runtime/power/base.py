@@ -30,10 +30,19 @@ class PowerSource(ABC):
 
     @abstractmethod
     def read(self) -> PowerReading:
-        """Take one reading now. Raises PowerSourceError on a fault the caller must handle."""
+        """Take one reading now. Raises PowerSourceError on a fault the caller must handle.
+
+        Returns:
+            A `PowerReading` stamped with the host's time.monotonic() seconds (`t_s`); fields
+            the backend cannot measure are None.
+
+        Raises:
+            PowerSourceError: the reading failed (a `SensorFault` with its `kind`), or the
+                source is closed.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook, idempotent by contract
-        """Release the device; safe to call twice."""
+        """Release the device; safe to call twice. `read()` raises PowerSourceError after."""
 
     def __enter__(self) -> PowerSource:
         return self

@@ -14,7 +14,18 @@ from carboncp.runtime.power.base import ClosableSource, PowerReading
 
 class FakePowerSource(ClosableSource):
     """`power_mw` constant or `profile(t_s) -> power_mw`; `script` items (a float or an Exception)
-    are consumed first, one per read, so tests can inject faults at known points."""
+    are consumed first, one per read, so tests can inject faults at known points.
+
+    Parameters:
+        power_mw: the constant power when neither `profile` nor the script gives one.
+        profile: power_mw as a function of the clock's time.
+        script: per read, a power_mw, an exception to raise, or a PowerReading to return.
+        voltage_mv: reported voltage (current_ma = power_mw / voltage_mv * 1000); with None
+            or 0, current_ma is None.
+        clock: timestamps readings (time.monotonic seconds).
+
+    `read()` raises whatever exception the script holds for that read.
+    """
 
     name = "fake"
 
@@ -33,6 +44,7 @@ class FakePowerSource(ClosableSource):
         self.reads = 0
 
     def fail_next(self, *items: float | BaseException | PowerReading) -> None:
+        """Append `items` to the script (consumed by the next reads, in order)."""
         self.script.extend(items)
 
     def _read(self) -> PowerReading:

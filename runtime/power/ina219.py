@@ -117,7 +117,31 @@ def _signed16(v: int) -> int:
 
 
 class INA219(ClosableSource):
-    """An INA219 at `address` on I2C `bus`; `i2c` injects a bus (tests, smbus2 adapters)."""
+    """An INA219 at `address` on I2C `bus`; `i2c` injects a bus (tests, smbus2 adapters).
+
+    Opening writes the configuration (32 V, ±320 mV, 12-bit, continuous) and the calibration.
+    A reading has power_mw, voltage_mv (bus) and current_ma; it is flagged "repeat" when no
+    new conversion finished within `ready_timeout_s`.
+
+    Parameters:
+        bus: the Linux I2C bus number (/dev/i2c-BUS); unused when `i2c` is given.
+        address: the chip's 7-bit I2C address.
+        shunt_ohms: the shunt resistor.
+        max_expected_a: the largest current to measure (sets the LSBs); with shunt_ohms it
+            must stay within the 0.32 V shunt range.
+        i2c: an `I2CBus` to use instead of opening /dev/i2c-BUS (not closed by `close()`).
+        ready_timeout_s: how long `read()` waits for a new conversion.
+        clock: timestamps readings (time.monotonic seconds).
+
+    Raises:
+        ConfigError: shunt_ohms or max_expected_a is <= 0, or their product exceeds 0.32 V.
+        BackendMissingError: /dev/i2c-BUS does not exist.
+        SensorFault: the bus cannot be opened or the chip does not take the configuration.
+
+    `read()` raises SensorFault: kind "overflow" (the chip flagged math overflow), "io"
+    (the chip lost its calibration, which is rewritten, or a bus error), "missing",
+    "permission" or "empty" (a failed or short I2C transfer).
+    """
 
     name = "ina219"
 

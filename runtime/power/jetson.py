@@ -74,7 +74,23 @@ def _probe_hwmon(folder: str, opener: Opener | None) -> list[Rail]:
 
 
 class JetsonRails(ClosableSource):
-    """Power from the Jetson's INA3221 rails; `rails` holds every usable rail, `total` the one used."""
+    """Power from the Jetson's INA3221 rails; `rails` holds every usable rail, `total` the one used.
+
+    A reading is the `total` rail's power_mw, voltage_mv and current_ma (source
+    "jetson:VDD_IN"), or without a total rail the sum of the rails' power_mw (flag
+    "rail_sum"). `skipped` maps each unused rail to the reason.
+
+    Parameters:
+        root: the sysfs mount to probe (tests point it at a fake tree).
+        opener: opens a rail file for reading (tests).
+        clock: timestamps readings (time.monotonic seconds).
+
+    Raises:
+        BackendMissingError: no rail under `root` could be read.
+
+    `read()` raises SensorFault (a PowerSourceError) when a rail file it needs fails to read
+    or parse.
+    """
 
     name = "jetson"
 

@@ -67,7 +67,26 @@ class MeasureWindow:
 
 class EnergyMeter:
     """Background sampler over a PowerSource. `start()`, then `energy_j()` or `measure()`;
-    `close()` is idempotent and closes the source too when `owns_source`."""
+    `close()` is idempotent and closes the source too when `owns_source`.
+
+    As a context manager it starts on entry and closes on exit. Failed readings are counted
+    in `fault_counts` by SensorFault kind and never stop the sampler.
+
+    Parameters:
+        source: the power source to read.
+        rate_hz: readings per second (> 0).
+        fallback_power_mw: the modelled power when a window has no usable measurement and the
+            caller gives no model; None leaves such a window's energy_j None.
+        max_power_mw: readings beyond ±this are faults (kind "range").
+        max_age_s: readings older than this are faults (kind "stale"); None uses
+            max(1 s, 10 sample periods).
+        buffer_s: how many seconds of readings the ring buffer keeps.
+        owns_source: close the source in `close()`.
+        clock: the clock windows are given in (time.monotonic seconds, as `PowerReading.t_s`).
+
+    Raises:
+        ValueError: rate_hz is not > 0.
+    """
 
     def __init__(
         self,
@@ -103,6 +122,11 @@ class EnergyMeter:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> EnergyMeter:
+        """Start the sampler thread (once; later calls do nothing) and return self.
+
+        Raises:
+            RuntimeError: the meter is closed.
+        """
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
         if self._thread is None:
@@ -111,6 +135,8 @@ class EnergyMeter:
         return self
 
     def close(self) -> None:
+        """Stop the sampler (waiting up to 2 s for it) and, when `owns_source`, close the
+        source. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -128,6 +154,7 @@ class EnergyMeter:
 
     @property
     def alive(self) -> bool:
+        """Whether the sampler thread is running."""
         return self._thread is not None and self._thread.is_alive()
 
     # -- sampling --------------------------------------------------------------------------
@@ -182,7 +209,26 @@ class EnergyMeter:
         wait: bool = True,
     ) -> EnergyMeasurement:
         """Energy over [t0_s, t1_s] (clock seconds), measured or, on a fault, modelled.
-        A fake source's measurements (power 'fake', tests and demos) are flagged 'fake_power'."""
+        A fake source's measurements (power 'fake', tests and demos) are flagged 'fake_power'.
+
+        Parameters:
+            t0_s, t1_s: the window, in the meter's clock seconds (t0_s <= t1_s).
+            modelled_j: the energy to report when the window cannot be measured.
+            modelled_power_mw: else, the power to model it with (energy = power * duration).
+            wait: when the sampler runs, wait (at most 3 sample periods) for a reading past
+                t1_s.
+
+        Returns:
+            An `EnergyMeasurement`: measured (the trapezoid integral of the window's readings,
+            or a streaming source's own integral) when the window saw no fault and no
+            "charging"/"external_power" reading, and has samples (or the source streams);
+            else flagged "modelled" with the reasons ("sensor_fault:<kind>", "charging",
+            "external_power", "no_samples") and modelled_j, else modelled_power_mw, else
+            `fallback_power_mw` over the window, else energy_j None (flag "no_energy").
+
+        Raises:
+            ValueError: t1_s < t0_s.
+        """
         m = self._energy_j(t0_s, t1_s, modelled_j, modelled_power_mw, wait)
         if getattr(self.source, "name", None) == "fake":
             m = replace(m, flags=(*m.flags, "fake_power"))
@@ -255,7 +301,15 @@ class EnergyMeter:
         """`with meter.measure() as w: run()` then `w.result` is the EnergyMeasurement.
 
         With `wait` the exit waits (at most 3 sample periods) for a reading past the window's
-        end; on a latency-critical path pass wait=False, or call `energy_j(t0, t1)` later."""
+        end; on a latency-critical path pass wait=False, or call `energy_j(t0, t1)` later.
+
+        Parameters:
+            modelled_j, modelled_power_mw, wait: as for `energy_j` (the models can also be set
+                on the yielded `MeasureWindow` inside the block).
+
+        Yields:
+            The `MeasureWindow`; its `result` is set on exit, also when the block raises.
+        """
         w = MeasureWindow(self.clock(), modelled_j=modelled_j, modelled_power_mw=modelled_power_mw)
         try:
             yield w
@@ -270,11 +324,13 @@ class EnergyMeter:
             )
 
     def latest(self) -> PowerReading | None:
+        """The newest checked reading, or None before the first."""
         with self._cond:
             return self._samples[-1] if self._samples else None
 
     @property
     def stats(self) -> dict:
+        """reads, faults (count per kind), buffered readings, rate_hz and alive."""
         return {
             "reads": self.reads,
             "faults": dict(self.fault_counts),

@@ -16,7 +16,24 @@ from carboncp.runtime.power.faults import SensorFault
 
 
 class SerialBridgeSource(ClosableSource):
-    """Wraps `carboncp.firmware_bridge.host.BridgeReader`; `reader` injects one (tests)."""
+    """Wraps `carboncp.firmware_bridge.host.BridgeReader`; `reader` injects one (tests).
+
+    `read()` returns the latest sample (flagged "repeat" when it is the one read last time);
+    `energy_between` gives the meter the integral of the full-rate stream.
+
+    Parameters:
+        port: the serial device, e.g. /dev/ttyUSB0.
+        rate_hz: the sample rate asked of the bridge.
+        reader: a BridgeReader-like object to use instead of opening `port` (started here).
+        baudrate: the serial line's rate.
+        wait_s: how long `energy_between` waits for a sample past the window's end.
+
+    Raises:
+        BackendMissingError: pyserial or carboncp.firmware_bridge.host is missing, or the
+            reader does not start (wrong port, firmware not flashed).
+
+    `read()` raises SensorFault (kind "empty") until the first sample has arrived.
+    """
 
     name = "serial"
 
@@ -72,7 +89,14 @@ class SerialBridgeSource(ClosableSource):
         )
 
     def energy_between(self, t0_s: float, t1_s: float) -> tuple[float, int]:
-        """(energy_j, samples) over [t0_s, t1_s] from the bridge's full-rate stream."""
+        """(energy_j, samples) over [t0_s, t1_s] from the bridge's full-rate stream.
+
+        Parameters:
+            t0_s, t1_s: the window in host time.monotonic() seconds.
+
+        Raises:
+            SensorFault: kind "stale": the bridge has no sample within or around the window.
+        """
         try:
             e = float(self._reader.energy_j(t0_s, t1_s, wait_s=self.wait_s))
         except OSError as exc:  # BridgeError: no sample within or around the window

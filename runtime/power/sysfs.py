@@ -20,7 +20,11 @@ DEFAULT_ROOT = "/sys/class/power_supply"
 
 
 def find_battery(root: str = DEFAULT_ROOT, opener: Opener | None = None) -> str:
-    """Name of the first supply under `root` whose `type` is Battery (system scope)."""
+    """Name of the first supply under `root` whose `type` is Battery (system scope).
+
+    Raises:
+        BackendMissingError: `root` cannot be listed, or holds no such battery.
+    """
     try:
         names = sorted(os.listdir(root))
     except OSError as exc:
@@ -45,7 +49,25 @@ def _maybe_text(path: str, opener: Opener | None) -> str | None:
 
 
 class SysfsBattery(ClosableSource):
-    """One battery under /sys/class/power_supply; `root` and `opener` are injectable for tests."""
+    """One battery under /sys/class/power_supply; `root` and `opener` are injectable for tests.
+
+    A reading's power_mw is |power_now| (µW / 1000), else |voltage_now| * |current_now|;
+    soc_pct is energy_now/energy_full or charge_now/charge_full, else `capacity`. Flags:
+    "charging" while charging, "external_power" when Full or Not charging (the meter then
+    uses the modelled energy).
+
+    Parameters:
+        root: the power_supply directory.
+        name: the supply's directory name; None takes the first system Battery (`find_battery`).
+        opener: opens an attribute file for reading (tests).
+        clock: timestamps readings (time.monotonic seconds).
+
+    Raises:
+        BackendMissingError: no `root` directory, no battery in it, or no supply `name`.
+
+    `read()` raises SensorFault (a PowerSourceError) when an attribute cannot be read or
+    parsed, or neither power_now nor voltage_now + current_now exists.
+    """
 
     name = "sysfs"
 
