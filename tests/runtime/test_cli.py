@@ -20,6 +20,7 @@ EXPECTED = {
     "run",
     "serve",
     "publish-carbon",
+    "carbon-relay",
     "power-monitor",
 }
 
