@@ -3,7 +3,7 @@
 `build_replay` places inference events on the carbon traces' common period and gives each
 event a TRUE context (what the costs and the oracle label use) and a SEEN context x̂ (what
 the device knows when it decides). The processes, and the only ways x̂ differs from x
-(docs/TRACES.md, "Replay"):
+(docs/TRACES.md, "Replay"; the parameters named below are the fields of `ReplayProcesses`):
 
 - Event times: `events_per_hour` events per hour, uniform within the hour, sorted.
 - Grid carbon (both sides): true = the hourly value of the hour containing t (step-hold);
@@ -36,7 +36,7 @@ Everything is seeded by `seed`. The costs and the label come from the true conte
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -93,6 +93,35 @@ class Replay:
         return self.costs.latency_ms[i] - predicted
 
 
+@dataclass(frozen=True)
+class ReplayProcesses:
+    """The parameters of the replay's processes (module docstring); `asdict` is its metadata."""
+
+    carbon_lag_s: float = 900.0
+    inference_period_s: float = 1.0
+    ewma_beta: float = 0.5
+    ewma_samples: int = 8
+    rtt_ms: float = 20.0
+    rtt_sigma: float = 0.25
+    load_tau_s: float = 1800.0
+    load_sigma: float = 0.15
+    load_noise: float = 0.05
+    device_utc_offset_h: float = 0.0
+    server_utc_offset_h: float = 0.0
+    charge_start_h: float = 22.0
+    charge_end_h: float = 6.0
+    charge_mw: float = 10000.0
+    device_intensity: str = "live"
+
+    @property
+    def charge_window_utc_h(self) -> tuple[float, float]:
+        """The device's charging window (start, end) in UTC hours."""
+        return (
+            self.charge_start_h - self.device_utc_offset_h,
+            self.charge_end_h - self.device_utc_offset_h,
+        )
+
+
 def build_replay(
     device: CarbonTrace,
     server: CarbonTrace,
@@ -104,89 +133,28 @@ def build_replay(
     end_s: float | None = None,
     split: tuple[float, float, float] = (0.5, 0.25, 0.25),
     seed: int = 0,
-    carbon_lag_s: float = 900.0,
-    inference_period_s: float = 1.0,
-    ewma_beta: float = 0.5,
-    ewma_samples: int = 8,
-    rtt_ms: float = 20.0,
-    rtt_sigma: float = 0.25,
-    load_tau_s: float = 1800.0,
-    load_sigma: float = 0.15,
-    load_noise: float = 0.05,
-    device_utc_offset_h: float = 0.0,
-    server_utc_offset_h: float = 0.0,
-    charge_start_h: float = 22.0,
-    charge_end_h: float = 6.0,
-    charge_mw: float = 10000.0,
-    device_intensity: str = "live",
+    processes: ReplayProcesses | None = None,
 ) -> Replay:
     """Replay the carbon traces' common period (or [start_s, end_s)) as inference events.
 
-    See the module docstring for every process. `split` gives the chronological fractions of
-    train / calibration / test. Raises TraceError when the traces share no period.
+    See the module docstring for every process; `processes` sets their parameters (default
+    `ReplayProcesses()`). `split` gives the chronological fractions of train / calibration /
+    test. Raises TraceError when the traces share no period.
     """
-    if events_per_hour < 1:
-        raise ValueError("events_per_hour must be >= 1")
-    if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1.0) > 1e-9:
-        raise ValueError(f"split must be three fractions summing to 1, got {split}")
-    if not 0 < ewma_beta <= 1 or ewma_samples < 1:
-        raise ValueError("ewma_beta must be in (0, 1] and ewma_samples >= 1")
-    t0 = max(device.start_s, server.start_s)
-    t1 = min(device.end_s, server.end_s)
-    if start_s is not None:
-        t0 = max(t0, int(start_s // HOUR_S * HOUR_S))
-    if end_s is not None:
-        t1 = min(t1, int(end_s))
-    if t1 - t0 < HOUR_S:
-        raise TraceError(
-            f"device trace {device.source or device.zone} [{device.start_s}, {device.end_s}) and "
-            f"server trace {server.source or server.zone} [{server.start_s}, {server.end_s}) "
-            f"share less than one hour within the requested period; use traces that overlap "
-            f"in time"
-        )
+    pr = ReplayProcesses() if processes is None else processes
+    _check_arguments(events_per_hour, split, pr)
+    t0, t1 = _common_period(device, server, start_s, end_s)
+    # One generator, drawn in a fixed order (times, link offsets, RTT, loads): the seed
+    # alone fixes the replay.
     rng = np.random.default_rng(seed)
-    hours = np.arange(t0, t1 - HOUR_S + 1, HOUR_S, dtype=np.float64)
-    t = (hours[:, None] + rng.uniform(0, HOUR_S, (len(hours), events_per_hour))).ravel()
-    t.sort()
+    t = _event_times(rng, t0, t1, events_per_hour)
     n = len(t)
-
-    # Carbon: true = this hour's value; seen = the last message (lagged by carbon_lag_s).
-    i_d, i_s = device.at_array(t), server.at_array(t)
-    i_d_seen = device.at_array(np.maximum(t - carbon_lag_s, device.start_s))
-    if device_intensity == "charging":
-        i_d = i_d_seen = _charging_intensity(
-            device, t, charge_start_h - device_utc_offset_h, charge_end_h - device_utc_offset_h
-        )
-    elif device_intensity != "live":
-        raise ValueError(f"device_intensity must be 'live' or 'charging', got {device_intensity!r}")
-    i_s_seen = server.at_array(np.maximum(t - carbon_lag_s, server.start_s))
-
-    # Bandwidth: looped trace, one random offset per day.
-    day = ((t - t0) // DAY_S).astype(np.int64)
-    offsets = rng.uniform(0, bandwidth.duration_s, day.max() + 1)
-    pos = (t - t0) + offsets[day]
-    tx = bandwidth.at_array(pos)
-    k = np.arange(1, ewma_samples + 1, dtype=np.float64)
-    w = ewma_beta * (1 - ewma_beta) ** (k - 1)
-    w /= w.sum()
-    past = bandwidth.at_array(pos[:, None] - k[None, :] * inference_period_s)
-    bw_seen = past @ w
-
-    rtt = rtt_ms * np.exp(rng.normal(0.0, rtt_sigma, n))
-    rtt_seen = np.full(n, rtt_ms * np.exp(0.5 * rtt_sigma**2))
-
-    u = _load(t, rng, 0.30, 0.20, 14.0 - device_utc_offset_h, load_tau_s, load_sigma)
-    v = _load(t, rng, 0.40, 0.20, 15.0 - server_utc_offset_h, load_tau_s, load_sigma)
-    u_seen = np.clip(u + rng.normal(0, load_noise, n), 0, 1)
-    v_seen = np.clip(v + rng.normal(0, load_noise, n), 0, 1)
-
-    prof = cost_model.profile
-    duty = min(1.0, float(prof.device_ms[-1]) / (1000.0 * inference_period_s))
-    mean_mw = prof.p_idle_mw + duty * (prof.p_active_mw - prof.p_idle_mw)
-    soc = _battery(
-        t, t0, mean_mw, charge_mw, prof.battery_wh, charge_start_h - device_utc_offset_h,
-        charge_end_h - device_utc_offset_h,
-    )  # fmt: skip
+    i_d, i_s, i_d_seen, i_s_seen = _carbon(device, server, t, pr)
+    pos, tx, bw_seen = _bandwidth(bandwidth, rng, t, t0, pr)
+    rtt = pr.rtt_ms * np.exp(rng.normal(0.0, pr.rtt_sigma, n))
+    rtt_seen = np.full(n, pr.rtt_ms * np.exp(0.5 * pr.rtt_sigma**2))
+    u, v, u_seen, v_seen = _loads(rng, t, pr)
+    soc, mean_mw = _battery_soc(cost_model.profile, t, t0, pr)
     soc_seen = np.round(soc)
 
     x_true = np.column_stack([tx, rtt, u, v, i_d, i_s, soc])
@@ -208,27 +176,106 @@ def build_replay(
         "looping": "bandwidth position = (t - start) + per-day uniform offset, modulo duration",
         "seed": seed,
         "split": list(split),
-        "processes": {
-            "carbon_lag_s": carbon_lag_s,
-            "inference_period_s": inference_period_s,
-            "ewma_beta": ewma_beta,
-            "ewma_samples": ewma_samples,
-            "rtt_ms": rtt_ms,
-            "rtt_sigma": rtt_sigma,
-            "load_tau_s": load_tau_s,
-            "load_sigma": load_sigma,
-            "load_noise": load_noise,
-            "device_utc_offset_h": device_utc_offset_h,
-            "server_utc_offset_h": server_utc_offset_h,
-            "charge_start_h": charge_start_h,
-            "charge_end_h": charge_end_h,
-            "charge_mw": charge_mw,
-            "device_intensity": device_intensity,
-            "battery_mean_draw_mw": mean_mw,
-        },
+        "processes": {**asdict(pr), "battery_mean_draw_mw": mean_mw},
         "fields": list(CONTEXT_FIELDS),
     }
     return Replay(t, x_true, x_seen, tx, costs, label, splits, meta, pos)
+
+
+def _check_arguments(
+    events_per_hour: int, split: tuple[float, float, float], pr: ReplayProcesses
+) -> None:
+    """ValueError for an argument the replay cannot use."""
+    if events_per_hour < 1:
+        raise ValueError("events_per_hour must be >= 1")
+    if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1.0) > 1e-9:
+        raise ValueError(f"split must be three fractions summing to 1, got {split}")
+    if not 0 < pr.ewma_beta <= 1 or pr.ewma_samples < 1:
+        raise ValueError("ewma_beta must be in (0, 1] and ewma_samples >= 1")
+
+
+def _common_period(
+    device: CarbonTrace, server: CarbonTrace, start_s: float | None, end_s: float | None
+) -> tuple[int, int]:
+    """[t0, t1): the period both carbon traces cover, cut to [start_s, end_s)."""
+    t0 = max(device.start_s, server.start_s)
+    t1 = min(device.end_s, server.end_s)
+    if start_s is not None:
+        t0 = max(t0, int(start_s // HOUR_S * HOUR_S))
+    if end_s is not None:
+        t1 = min(t1, int(end_s))
+    if t1 - t0 < HOUR_S:
+        raise TraceError(
+            f"device trace {device.source or device.zone} [{device.start_s}, {device.end_s}) and "
+            f"server trace {server.source or server.zone} [{server.start_s}, {server.end_s}) "
+            f"share less than one hour within the requested period; use traces that overlap "
+            f"in time"
+        )
+    return t0, t1
+
+
+def _event_times(
+    rng: np.random.Generator, t0: float, t1: float, events_per_hour: int
+) -> np.ndarray:
+    """`events_per_hour` times uniform within each whole hour of [t0, t1), sorted."""
+    hours = np.arange(t0, t1 - HOUR_S + 1, HOUR_S, dtype=np.float64)
+    t = (hours[:, None] + rng.uniform(0, HOUR_S, (len(hours), events_per_hour))).ravel()
+    t.sort()
+    return t
+
+
+def _carbon(
+    device: CarbonTrace, server: CarbonTrace, t: np.ndarray, pr: ReplayProcesses
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(I_d, I_s, seen I_d, seen I_s): true = this hour's value; seen = the last message
+    (lagged by carbon_lag_s)."""
+    i_d, i_s = device.at_array(t), server.at_array(t)
+    i_d_seen = device.at_array(np.maximum(t - pr.carbon_lag_s, device.start_s))
+    if pr.device_intensity == "charging":
+        i_d = i_d_seen = _charging_intensity(device, t, *pr.charge_window_utc_h)
+    elif pr.device_intensity != "live":
+        raise ValueError(
+            f"device_intensity must be 'live' or 'charging', got {pr.device_intensity!r}"
+        )
+    i_s_seen = server.at_array(np.maximum(t - pr.carbon_lag_s, server.start_s))
+    return i_d, i_s, i_d_seen, i_s_seen
+
+
+def _bandwidth(
+    trace: BandwidthTrace, rng: np.random.Generator, t: np.ndarray, t0: float, pr: ReplayProcesses
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(position in the looped trace, realised rate, seen EWMA rate); one offset per day."""
+    day = ((t - t0) // DAY_S).astype(np.int64)
+    offsets = rng.uniform(0, trace.duration_s, day.max() + 1)
+    pos = (t - t0) + offsets[day]
+    tx = trace.at_array(pos)
+    k = np.arange(1, pr.ewma_samples + 1, dtype=np.float64)
+    w = pr.ewma_beta * (1 - pr.ewma_beta) ** (k - 1)
+    w /= w.sum()
+    past = trace.at_array(pos[:, None] - k[None, :] * pr.inference_period_s)
+    return pos, tx, past @ w
+
+
+def _loads(
+    rng: np.random.Generator, t: np.ndarray, pr: ReplayProcesses
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(u, v, seen u, seen v): device and server load, seen with sampling noise."""
+    n = len(t)
+    u = _load(t, rng, 0.30, 0.20, 14.0 - pr.device_utc_offset_h, pr.load_tau_s, pr.load_sigma)
+    v = _load(t, rng, 0.40, 0.20, 15.0 - pr.server_utc_offset_h, pr.load_tau_s, pr.load_sigma)
+    u_seen = np.clip(u + rng.normal(0, pr.load_noise, n), 0, 1)
+    v_seen = np.clip(v + rng.normal(0, pr.load_noise, n), 0, 1)
+    return u, v, u_seen, v_seen
+
+
+def _battery_soc(
+    prof: Any, t: np.ndarray, t0: float, pr: ReplayProcesses
+) -> tuple[np.ndarray, float]:
+    """(SoC % at each event, the mean draw in mW): idle plus the duty cycle of local inference."""
+    duty = min(1.0, float(prof.device_ms[-1]) / (1000.0 * pr.inference_period_s))
+    mean_mw = prof.p_idle_mw + duty * (prof.p_active_mw - prof.p_idle_mw)
+    soc = _battery(t, t0, mean_mw, pr.charge_mw, prof.battery_wh, *pr.charge_window_utc_h)
+    return soc, mean_mw
 
 
 def _charging_intensity(

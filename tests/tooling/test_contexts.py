@@ -3,11 +3,13 @@ module documents."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 from carboncp.runtime.decision.costs import CostModel
-from carboncp.runtime.errors import TraceError
 from carboncp.runtime.decision.objective import Objective
+from carboncp.runtime.errors import TraceError
 from carboncp.runtime.signals.traces import (
     BandwidthTrace,
     CarbonTrace,
@@ -16,7 +18,7 @@ from carboncp.runtime.signals.traces import (
     shipped_bandwidth_path,
     shipped_carbon_path,
 )
-from carboncp.tooling.contexts import build_replay
+from carboncp.tooling.contexts import ReplayProcesses, build_replay
 
 from tests.support.cost_fixtures import resnet18_like_profile
 
@@ -152,7 +154,7 @@ def test_seeded_and_refuses_disjoint_traces(setup) -> None:  # type: ignore[no-u
 def test_charging_intensity_is_last_nights_mean(setup) -> None:  # type: ignore[no-untyped-def]
     dev, srv, bw, cm = setup
     r = build_replay(dev, srv, bw, cm, events_per_hour=4, end_s=dev.start_s + 3 * 86400,
-                     device_intensity="charging")  # fmt: skip
+                     processes=ReplayProcesses(device_intensity="charging"))  # fmt: skip
     np.testing.assert_array_equal(r.x_seen[:, 4], r.x_true[:, 4])
     hour = (r.t_s % 86400) // 3600
     day = (r.t_s - dev.start_s) // 86400
@@ -163,4 +165,17 @@ def test_charging_intensity_is_last_nights_mean(setup) -> None:  # type: ignore[
     on = (day == 1) & (hour >= 23)
     np.testing.assert_array_equal(r.x_true[on, 4], dev.at_array(r.t_s[on]))
     with pytest.raises(ValueError, match="device_intensity"):
-        build_replay(dev, srv, bw, cm, events_per_hour=1, device_intensity="solar")
+        build_replay(
+            dev, srv, bw, cm, events_per_hour=1, processes=ReplayProcesses(device_intensity="solar")
+        )
+
+
+def test_processes_are_the_metadata(setup) -> None:  # type: ignore[no-untyped-def]
+    dev, srv, bw, cm = setup
+    pr = ReplayProcesses(rtt_ms=35.0, ewma_samples=4, charge_mw=5000.0)
+    r = build_replay(dev, srv, bw, cm, events_per_hour=2, end_s=dev.start_s + 86400, processes=pr)
+    meta = dict(r.meta["processes"])
+    assert meta.pop("battery_mean_draw_mw") > 0
+    assert meta == asdict(pr)
+    default = build_replay(dev, srv, bw, cm, events_per_hour=2, end_s=dev.start_s + 86400)
+    assert default.meta["processes"]["rtt_ms"] == ReplayProcesses().rtt_ms
