@@ -40,7 +40,8 @@ def default_traces() -> tuple[Path, Path, Path]:
 
 
 def _simulate(table: Any, cm: Any, rp: Any, idx: np.ndarray, alpha: float) -> dict[str, float]:
-    from carboncp.tooling.evaluate import run_table_policy
+    """Mode A over the events `idx`: carbon, J, SLO violations, coverage, set size."""
+    from carboncp.tooling.replay import run_table_policy
 
     run = run_table_policy(table, cm, rp.x_seen[idx], rp.label[idx], "A", alpha)
     ch = run["choice"]
@@ -92,17 +93,8 @@ def train_and_compile(
 ) -> dict[str, Any]:
     """Replay, train both Q_θ objectives, keep the better, compile + calibrate the table."""
     from carboncp.runtime.decision.costs import cost_model_of
-    from carboncp.tooling.evaluate import make_replay
-    from carboncp.tooling.qnet import train_q
-    from carboncp.tooling.table_build import (
-        DEFAULT_CELL_BUDGET,
-        build_table,
-        calibrate,
-        calibrate_from_replay,
-        split_indices,
-        write_qnet,
-        write_table,
-    )
+    from carboncp.tooling.replay import make_replay
+    from carboncp.tooling.table_build import DEFAULT_CELL_BUDGET, split_indices
 
     alpha = check_alpha(alpha)
     d0, s0, b0 = default_traces()
@@ -131,66 +123,16 @@ def train_and_compile(
         f"[build] {len(rp)} events (train {len(tr)}); oracle label counts {np.bincount(rp.label, minlength=cm.P + 1).tolist()}",
         progress,
     )
-    n_fit = len(tr) - max(1, round(0.2 * len(tr)))
-    val = tr[n_fit:]
-    val_cal, val_eval = val[: len(val) // 2], val[len(val) // 2 :]
     budget = cell_budget or DEFAULT_CELL_BUDGET
     models, reports = {}, {}
     for objective in ("ce", "regression"):
-        _say(f"[build] training Q_θ ({objective}) ...", progress)
-        q = train_q(rp, cm.profile, objective, seed=seed, max_epochs=max_epochs, progress=progress)
-        t = build_table(
-            q.q, cm, rp.x_seen[tr[:n_fit]], slo_ms=cm.slo, cell_budget=budget, seed=seed
+        models[objective], reports[objective] = _train_candidate(
+            objective, rp, cm, tr, alpha, budget, seed, max_epochs, progress
         )
-        by_level = {}
-        for level in bandwidth_levels(alpha):
-            calibrate(
-                t,
-                rp.x_seen[val_cal],
-                rp.label[val_cal],
-                rp.costs.latency_ms[val_cal],
-                rp.tx_mbps[val_cal],
-                alpha,
-                bandwidth_alpha=level,
-            )
-            by_level[str(level)] = _simulate(t, cm, rp, val_eval, alpha)
-        level, _ = select_q(by_level, alpha)
-        reports[objective] = by_level[level] | {
-            "bandwidth_alpha": float(level),
-            "by_bandwidth_alpha": by_level,
-            "train": q.report,
-        }
-        models[objective] = q
-        r = reports[objective]
-        _say(
-            f"[build]   {objective}: held-out mode A carbon {r['carbon_g']:.4f} g, SLO violations "
-            f"{r['slo_violation_rate']:.3f}, coverage {r['coverage']:.3f}, mean set {r['mean_set_size']:.2f} "
-            f"(bandwidth bound level {r['bandwidth_alpha']})",
-            progress,
-        )
-    best, why = select_q(reports, alpha)
-    if q_objective != "auto":
-        if q_objective not in reports:
-            raise ConfigError(f"q_objective={q_objective!r} is not 'auto', 'ce' or 'regression'")
-        best, why = q_objective, f"forced by --q-objective (the held-out rule chose {best}: {why})"
+    best, why = _choose_objective(reports, alpha, q_objective)
     _say(f"[build] keeping Q_θ[{best}]: {why}", progress)
-    _say("[build] compiling the threshold table ...", progress)
-    table = build_table(
-        models[best].q,
-        cm,
-        rp.x_seen[tr],
-        slo_ms=cm.slo,
-        cell_budget=budget,
-        seed=seed,
-        progress=progress,
-    )
     bw_level = float(reports[best]["bandwidth_alpha"])
-    calibrate_from_replay(table, rp, "cal", alpha, bandwidth_alpha=bw_level)
-    cal = table.meta["calibration"]
-    _say(
-        f"[build] calibrated on {cal['n_cal']} events: q̂ = {table.qhat:.4g}, coverage on cal {cal['coverage_on_cal']:.3f}",
-        progress,
-    )
+    table = _compile_table(models[best], cm, rp, tr, alpha, bw_level, budget, seed, progress)
     table.meta.update(
         q_objective=best,
         bandwidth_alpha=bw_level,
@@ -205,13 +147,114 @@ def train_and_compile(
             "replay": rp.meta,
         },
     )
-    write_table(bundle.path, table)
-    write_qnet(bundle.path, models[best])
+    _write_table_and_qnet(bundle.path, table, models[best], progress)
+    return {"table": table, "selected": best, "reports": reports, "replay": rp}
+
+
+def _compile_table(
+    qmodel: Any,
+    cm: Any,
+    rp: Any,
+    tr: np.ndarray,
+    alpha: float,
+    bw_level: float,
+    budget: int,
+    seed: int,
+    progress: bool,
+) -> Any:
+    """The kept Q_θ's table over the whole training split, calibrated on the 'cal' split."""
+    from carboncp.tooling.table_build import build_table, calibrate_from_replay
+
+    _say("[build] compiling the threshold table ...", progress)
+    table = build_table(
+        qmodel.q,
+        cm,
+        rp.x_seen[tr],
+        slo_ms=cm.slo,
+        cell_budget=budget,
+        seed=seed,
+        progress=progress,
+    )
+    calibrate_from_replay(table, rp, "cal", alpha, bandwidth_alpha=bw_level)
+    cal = table.meta["calibration"]
+    _say(
+        f"[build] calibrated on {cal['n_cal']} events: q̂ = {table.qhat:.4g}, coverage on cal {cal['coverage_on_cal']:.3f}",
+        progress,
+    )
+    return table
+
+
+def _train_candidate(
+    objective: str,
+    rp: Any,
+    cm: Any,
+    tr: np.ndarray,
+    alpha: float,
+    budget: int,
+    seed: int,
+    max_epochs: int,
+    progress: bool,
+) -> tuple[Any, dict[str, Any]]:
+    """Train Q_θ[objective] on the first 80% of `tr`; judge its table in mode A on the rest
+    (calibrate on one half, simulate the other) at each bandwidth level; keep the best level."""
+    from carboncp.tooling.qnet import train_q
+    from carboncp.tooling.table_build import build_table, calibrate
+
+    n_fit = len(tr) - max(1, round(0.2 * len(tr)))
+    val = tr[n_fit:]
+    val_cal, val_eval = val[: len(val) // 2], val[len(val) // 2 :]
+    _say(f"[build] training Q_θ ({objective}) ...", progress)
+    q = train_q(rp, cm.profile, objective, seed=seed, max_epochs=max_epochs, progress=progress)
+    t = build_table(q.q, cm, rp.x_seen[tr[:n_fit]], slo_ms=cm.slo, cell_budget=budget, seed=seed)
+    by_level = {}
+    for level in bandwidth_levels(alpha):
+        calibrate(
+            t,
+            rp.x_seen[val_cal],
+            rp.label[val_cal],
+            rp.costs.latency_ms[val_cal],
+            rp.tx_mbps[val_cal],
+            alpha,
+            bandwidth_alpha=level,
+        )
+        by_level[str(level)] = _simulate(t, cm, rp, val_eval, alpha)
+    level, _ = select_q(by_level, alpha)
+    r = by_level[level] | {
+        "bandwidth_alpha": float(level),
+        "by_bandwidth_alpha": by_level,
+        "train": q.report,
+    }
+    _say(
+        f"[build]   {objective}: held-out mode A carbon {r['carbon_g']:.4f} g, SLO violations "
+        f"{r['slo_violation_rate']:.3f}, coverage {r['coverage']:.3f}, mean set {r['mean_set_size']:.2f} "
+        f"(bandwidth bound level {r['bandwidth_alpha']})",
+        progress,
+    )
+    return q, r
+
+
+def _choose_objective(
+    reports: dict[str, dict[str, Any]], alpha: float, q_objective: str
+) -> tuple[str, str]:
+    """(objective, why): the held-out rule's choice, unless `q_objective` forces one."""
+    best, why = select_q(reports, alpha)
+    if q_objective != "auto":
+        if q_objective not in reports:
+            raise ConfigError(f"q_objective={q_objective!r} is not 'auto', 'ce' or 'regression'")
+        best, why = q_objective, f"forced by --q-objective (the held-out rule chose {best}: {why})"
+    return best, why
+
+
+def _write_table_and_qnet(bundle_path: Path, table: Any, qmodel: Any, progress: bool) -> None:
+    """Store the table and the kept Q_θ as bundle sections."""
+    from carboncp.tooling.table_build import write_qnet, write_table
+
+    write_table(bundle_path, table)
+    write_qnet(bundle_path, qmodel)
     _say(
         f"[build] wrote table/ ({table.n_bytes()} bytes of arrays, {table.scores.shape[0]} cells) and qnet/",
         progress,
     )
-    return {"table": table, "selected": best, "reports": reports, "replay": rp}
 
 
 def _bundle_ok(out: Path, model: str) -> bool:
