@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 from carboncp.runtime.artifacts.bundle import Bundle, register_file, save_manifest
 from carboncp.runtime.checks import check_choice, check_number
-from carboncp.runtime.errors import ConfigError
 from carboncp.runtime.decision.objective import (
     DEFAULT_SERVER_MARGINAL_MW,
     RADIO_MODELS,
@@ -38,6 +37,7 @@ from carboncp.runtime.decision.objective import (
     load_objective,
 )
 from carboncp.runtime.decision.profile import Profile
+from carboncp.runtime.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -337,8 +337,6 @@ def profile_bundle(
     or a PowerSource) measures idle and active power here instead of taking the device
     profile's; only for a device profile whose latencies are measured on this machine.
     """
-    from carboncp.runtime.artifacts.runners import make_runner
-
     if wire_dtype not in ("float32", "float16"):
         raise ConfigError(f"wire dtype must be 'float32' or 'float16', got {wire_dtype!r}")
     if repeats < 1:
@@ -359,49 +357,141 @@ def profile_bundle(
         if load_levels is not None
         else (QUICK_LOAD_LEVELS if quick else LOAD_LEVELS)
     )
-    P = bundle.last
+    rounds = _Rounds(repeats, warmup, levels, quick, progress)
     rng = np.random.default_rng(seed)
     t_start = time.monotonic()
+    # Heads first, then tails: both draw their inputs from `rng`, in this order.
+    dev_med, dev_p90, u, g_d, power = _measure_heads(
+        bundle, head_backend, rng, rounds, power_source, power_window_s
+    )
+    srv_med, v, g_s = _measure_tails(bundle, rng, rounds, u, g_d)
+    dev_med, dev_p90, srv_med = _enforce_nesting(dev_med, dev_p90, srv_med)
+    m = _Measured(dev_med, dev_p90, srv_med, u, g_d, v, g_s, power)
+    prof, scale = _scaled_profile(bundle, dp, obj, m, rounds, head_backend, wire_dtype, t_start)
+    write_sections(bundle, prof, obj)
+    _say(
+        f"[profile] wrote {PROFILE_FILE} and {OBJECTIVE_FILE} into {bundle.path} "
+        f"(device {dp.name}, scale {scale:.3g}, full model {prof.device_ms[bundle.last]:.2f} ms)",
+        progress,
+    )
+    return prof
 
+
+@dataclass(frozen=True)
+class _Rounds:
+    """How much to time: rounds, warm-up runs and load levels."""
+
+    repeats: int
+    warmup: int
+    levels: tuple[float, ...]
+    quick: bool
+    progress: bool
+
+    @property
+    def slow_reps(self) -> int:
+        """Rounds per load level of the slow-down measurement."""
+        return max(3, self.repeats // 2)
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """What was timed on this machine, before scaling to the device profile."""
+
+    dev_med: np.ndarray
+    dev_p90: np.ndarray
+    srv_med: np.ndarray
+    u: list[float]
+    g_d: list[float]
+    v: list[float]
+    g_s: list[float]
+    power: tuple[float, float, str] | None
+
+
+def _measure_heads(
+    bundle: Bundle,
+    backend: str,
+    rng: np.random.Generator,
+    rounds: _Rounds,
+    power_source: str | Any | None,
+    power_window_s: float,
+) -> tuple[np.ndarray, np.ndarray, list[float], list[float], tuple[float, float, str] | None]:
+    """(median ms, p90 ms, u, g_d(u), power) of the heads, timed round-robin."""
+    from carboncp.runtime.artifacts.runners import make_runner
+
+    P, progress = bundle.last, rounds.progress
     dev_med, dev_p90 = np.zeros(P + 1), np.zeros(P + 1)
-    srv_med = np.zeros(P + 1)
-    slow_reps = max(3, repeats // 2)
-    head = make_runner(bundle, head_backend, "head")
+    head = make_runner(bundle, backend, "head")
     try:
         xs = {p: _input(bundle, p, "head", rng) for p in range(1, P + 1)}
         ms = time_interleaved(
-            {p: (lambda p=p: head.run(p, xs[p])) for p in xs}, repeats, warmup, progress, "head"
+            {p: (lambda p=p: head.run(p, xs[p])) for p in xs},
+            rounds.repeats,
+            rounds.warmup,
+            progress,
+            "head",
         )
         for p, v in ms.items():
             dev_med[p], dev_p90[p] = np.median(v), np.quantile(v, 0.9)
-            _say(f"[profile] head p={p}/{P} ({head_backend}): median {dev_med[p]:.3f} ms", progress)
-        u, g_d = _slowdown(lambda: head.run(P, xs[P]), levels, slow_reps, progress, "full model")
-        power = measure_power(power_source, lambda: head.run(P, xs[P]), power_window_s, progress)
+            _say(f"[profile] head p={p}/{P} ({backend}): median {dev_med[p]:.3f} ms", progress)
+
+        def full() -> Any:
+            return head.run(P, xs[P])
+
+        u, g_d = _slowdown(full, rounds.levels, rounds.slow_reps, progress, "full model")
+        power = measure_power(power_source, full, power_window_s, progress)
     finally:
         head.close()
+    return dev_med, dev_p90, u, g_d, power
+
+
+def _measure_tails(
+    bundle: Bundle, rng: np.random.Generator, rounds: _Rounds, u: list[float], g_d: list[float]
+) -> tuple[np.ndarray, list[float], list[float]]:
+    """(median ms, v, g_s(v)) of the ExecuTorch tails; --quick reuses the heads' (u, g_d)."""
+    from carboncp.runtime.artifacts.runners import make_runner
+
+    P, progress = bundle.last, rounds.progress
+    srv_med = np.zeros(P + 1)
     tail = make_runner(bundle, "executorch", "tail")
     try:
         xt = {p: _input(bundle, p, "tail", rng) for p in range(P)}
         ms = time_interleaved(
-            {p: (lambda p=p: tail.run(p, xt[p])) for p in xt}, repeats, warmup, progress, "tail"
+            {p: (lambda p=p: tail.run(p, xt[p])) for p in xt},
+            rounds.repeats,
+            rounds.warmup,
+            progress,
+            "tail",
         )
-        for p, v in ms.items():
-            srv_med[p] = np.median(v)
+        for p, t in ms.items():
+            srv_med[p] = np.median(t)
             _say(f"[profile] tail p={p}/{P - 1} (executorch): median {srv_med[p]:.3f} ms", progress)
-        if quick:
+        if rounds.quick:
             v, g_s = u, g_d
         else:
-            v, g_s = _slowdown(lambda: tail.run(0, xt[0]), levels, slow_reps, progress, "p=0 tail")
+            v, g_s = _slowdown(
+                lambda: tail.run(0, xt[0]), rounds.levels, rounds.slow_reps, progress, "p=0 tail"
+            )
     finally:
         tail.close()
+    return srv_med, v, g_s
+
+
+def _enforce_nesting(
+    dev_med: np.ndarray, dev_p90: np.ndarray, srv_med: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(median, p90) non-decreasing in p for heads, median non-increasing for tails."""
     # Heads are nested (head p+1 runs head p and more), tails likewise the other way: a
     # measured inversion is timing noise, so enforce the order.
+    P = len(dev_med) - 1
     dev_p90 = np.maximum(np.maximum.accumulate(dev_p90), dev_med)
     dev_med = np.maximum.accumulate(dev_med)
     srv_med[:P] = np.maximum.accumulate(srv_med[:P][::-1])[::-1]
+    return dev_med, dev_p90, srv_med
 
-    scale, how = dp.latency_scale(bundle.model_name, float(dev_med[P]))
-    s_scale, s_how = dp.server_scale(bundle.model_name, float(srv_med[0]))
+
+def _wire(bundle: Bundle, wire_dtype: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(bytes sent at each cut, their dtypes, bytes returned) per partition."""
+    P = bundle.last
     wire = np.zeros(P + 1)
     dtypes = []
     for part in bundle.partitions[:P]:
@@ -412,10 +502,28 @@ def profile_bundle(
     out_bytes = 4.0 * float(np.prod(bundle.output_shape))  # float32 result sent back
     ret = np.full(P + 1, out_bytes)
     ret[P] = 0.0
+    return wire, dtypes, ret
+
+
+def _scaled_profile(
+    bundle: Bundle,
+    dp: DeviceProfile,
+    obj: Objective,
+    m: _Measured,
+    rounds: _Rounds,
+    head_backend: str,
+    wire_dtype: str,
+    t_start: float,
+) -> tuple[Profile, float]:
+    """(the Profile, the head-latency scale): measurements scaled to the device, its figures."""
+    P, levels, power = bundle.last, rounds.levels, m.power
+    scale, how = dp.latency_scale(bundle.model_name, float(m.dev_med[P]))
+    s_scale, s_how = dp.server_scale(bundle.model_name, float(m.srv_med[0]))
+    wire, dtypes, ret = _wire(bundle, wire_dtype)
     prof = Profile(
-        device_ms=dev_med * scale,
-        device_ms_p90=dev_p90 * scale,
-        server_ms=srv_med * s_scale,
+        device_ms=m.dev_med * scale,
+        device_ms_p90=m.dev_p90 * scale,
+        server_ms=m.srv_med * s_scale,
         wire_bytes=wire,
         return_bytes=ret,
         p_active_mw=power[1] if power else dp.p_active_mw,
@@ -423,22 +531,22 @@ def profile_bundle(
         radio=obj.radio,
         battery_wh=dp.battery_wh,
         server_p_marginal_mw=dp.server_p_marginal_mw,
-        device_load_u=u,
-        device_slowdown_g=g_d,
-        server_load_v=v,
-        server_slowdown_g=g_s,
+        device_load_u=m.u,
+        device_slowdown_g=m.g_d,
+        server_load_v=m.v,
+        server_slowdown_g=m.g_s,
         device=dp.name,
         cuts=tuple(part.cut for part in bundle.partitions),
         wire_dtypes=tuple(dtypes),
         sources={
-            "device_ms": f"{head_backend} heads measured here ({repeats} interleaved rounds "
-            f"after {warmup} warm-up, median/p90, made non-decreasing in p) x {scale:.4g} ({how})",
-            "server_ms": f"executorch tails measured here ({repeats} runs, median) x "
+            "device_ms": f"{head_backend} heads measured here ({rounds.repeats} interleaved rounds "
+            f"after {rounds.warmup} warm-up, median/p90, made non-decreasing in p) x {scale:.4g} ({how})",
+            "server_ms": f"executorch tails measured here ({rounds.repeats} runs, median) x "
             f"{s_scale:.4g} ({s_how})",
             "device_slowdown": f"full-model head under BackgroundLoad levels {list(levels)} of "
             f"this machine's CPUs (tooling/loadgen.py)",
             "server_slowdown": "copied from device_slowdown (--quick)"
-            if quick
+            if rounds.quick
             else f"p=0 tail under the same load levels {list(levels)}",
             "power": power[2] if power else f"device profile {dp.path or dp.name}",
             "server_p_marginal_mw": f"device profile {dp.path or dp.name} [server]",
@@ -448,13 +556,7 @@ def profile_bundle(
         notes=f"profiled {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} in "
         f"{time.monotonic() - t_start:.1f} s; {dp.description}",
     )
-    write_sections(bundle, prof, obj)
-    _say(
-        f"[profile] wrote {PROFILE_FILE} and {OBJECTIVE_FILE} into {bundle.path} "
-        f"(device {dp.name}, scale {scale:.3g}, full model {prof.device_ms[P]:.2f} ms)",
-        progress,
-    )
-    return prof
+    return prof, scale
 
 
 def write_sections(bundle: Bundle, profile: Profile, objective: Objective) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,24 +172,11 @@ def fit_q(
     """Train Q_θ on chronologically ordered events; the last `val_fraction` validates."""
     import torch
 
-    if objective not in OBJECTIVES:
-        from carboncp.runtime.errors import ConfigError
-
-        raise ConfigError(f"Q objective {objective!r} is not one of {OBJECTIVES}")
     n = len(x_seen)
-    if n < 10:
-        from carboncp.runtime.errors import ConfigError
-
-        raise ConfigError(f"only {n} training events; Q_θ needs at least 10 (lengthen the replay)")
-    torch.manual_seed(seed)
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    _check_training_input(objective, n)
+    with _deterministic_torch(seed):
         feats = torch.from_numpy(context_features(x_seen))
         desc = torch.from_numpy(np.asarray(descriptors, dtype=np.float32))
-        k = desc.shape[0]
         y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         j = np.asarray(realised_j, dtype=np.float64)
         # Regression target in units of a typical J (the median local-only J), clipped so
@@ -196,59 +185,22 @@ def fit_q(
         jt = torch.from_numpy(np.clip(j / scale, 0.0, 50.0).astype(np.float32))
         n_val = max(1, round(n * val_fraction))
         tr, va = np.arange(n - n_val), np.arange(n - n_val, n)
-        net = torch.nn.Sequential(
-            torch.nn.Linear(feats.shape[1] + desc.shape[1], hidden),
-            torch.nn.ReLU(),
-            torch.nn.Linear(hidden, hidden),
-            torch.nn.ReLU(),
-            torch.nn.Linear(hidden, 1),
-        )
-        opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-5)
-        gen = torch.Generator().manual_seed(seed)
-
-        def q_of(idx: Any) -> Any:
-            f = feats[idx]
-            m = f.shape[0]
-            h = torch.cat([f.repeat_interleave(k, 0), desc.repeat(m, 1)], dim=1)
-            return net(h).view(m, k)
+        net = _make_net(feats.shape[1] + desc.shape[1], hidden)
 
         def loss_of(idx: Any) -> Any:
-            q = q_of(idx)
+            f = feats[idx]
+            m, k = f.shape[0], desc.shape[0]
+            q = net(torch.cat([f.repeat_interleave(k, 0), desc.repeat(m, 1)], dim=1)).view(m, k)
             if objective == "ce":
                 return torch.nn.functional.cross_entropy(-q, y[idx])
             return torch.mean((q - jt[idx]) ** 2)
 
-        best, best_state, bad, epoch = math.inf, None, 0, 0
         t0 = time.monotonic()
-        for epoch in range(1, max_epochs + 1):
-            net.train()
-            perm = torch.from_numpy(tr)[torch.randperm(len(tr), generator=gen)]
-            for i in range(0, len(perm), batch):
-                opt.zero_grad()
-                loss = loss_of(perm[i : i + batch])
-                loss.backward()
-                opt.step()
-            net.eval()
-            with torch.no_grad():
-                val = float(loss_of(torch.from_numpy(va)))
-            if val < best - 1e-5:
-                best, bad = val, 0
-                best_state = {kk: v.detach().clone() for kk, v in net.state_dict().items()}
-            else:
-                bad += 1
-            if progress and (epoch == 1 or epoch % 5 == 0 or bad > patience):
-                _progress(
-                    f"  Q_θ[{objective}] epoch {epoch:3d}: val loss {val:.4f} (best {best:.4f})"
-                )
-            if bad > patience:
-                break
-        if best_state is not None:
-            net.load_state_dict(best_state)
+        best, epoch = _train(
+            net, loss_of, tr, va, objective, seed, max_epochs, patience, batch, lr, progress
+        )
         lins = [m for m in net if isinstance(m, torch.nn.Linear)]
         layers = [(m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy()) for m in lins]
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(was_deterministic)
     report = {
         "epochs": epoch,
         "best_val_loss": best,
@@ -260,6 +212,91 @@ def fit_q(
     if progress:
         _progress(f"  Q_θ[{objective}] done: {epoch} epochs, best val loss {best:.4f}")
     return QModel(objective, np.asarray(descriptors, dtype=np.float32), layers, scale, report)
+
+
+def _check_training_input(objective: str, n: int) -> None:
+    """ConfigError for an unknown objective or too few events."""
+    from carboncp.runtime.errors import ConfigError
+
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"Q objective {objective!r} is not one of {OBJECTIVES}")
+    if n < 10:
+        raise ConfigError(f"only {n} training events; Q_θ needs at least 10 (lengthen the replay)")
+
+
+@contextmanager
+def _deterministic_torch(seed: int) -> Iterator[None]:
+    """Seeded, deterministic kernels, one thread; torch's previous settings restored after."""
+    import torch
+
+    torch.manual_seed(seed)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _make_net(n_in: int, hidden: int) -> Any:
+    """The MLP: n_in -> hidden -> hidden -> 1, ReLU between (initialised from torch's RNG)."""
+    import torch
+
+    return torch.nn.Sequential(
+        torch.nn.Linear(n_in, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, 1),
+    )
+
+
+def _train(
+    net: Any,
+    loss_of: Callable[[Any], Any],
+    tr: np.ndarray,
+    va: np.ndarray,
+    objective: str,
+    seed: int,
+    max_epochs: int,
+    patience: int,
+    batch: int,
+    lr: float,
+    progress: bool,
+) -> tuple[float, int]:
+    """Adam on shuffled mini-batches of `tr` until the loss on `va` stops improving for
+    `patience` epochs; leaves `net` at its best epoch. (best val loss, epochs run)."""
+    import torch
+
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-5)
+    gen = torch.Generator().manual_seed(seed)
+    best, best_state, bad, epoch = math.inf, None, 0, 0
+    for epoch in range(1, max_epochs + 1):
+        net.train()
+        perm = torch.from_numpy(tr)[torch.randperm(len(tr), generator=gen)]
+        for i in range(0, len(perm), batch):
+            opt.zero_grad()
+            loss = loss_of(perm[i : i + batch])
+            loss.backward()
+            opt.step()
+        net.eval()
+        with torch.no_grad():
+            val = float(loss_of(torch.from_numpy(va)))
+        if val < best - 1e-5:
+            best, bad = val, 0
+            best_state = {kk: v.detach().clone() for kk, v in net.state_dict().items()}
+        else:
+            bad += 1
+        if progress and (epoch == 1 or epoch % 5 == 0 or bad > patience):
+            _progress(f"  Q_θ[{objective}] epoch {epoch:3d}: val loss {val:.4f} (best {best:.4f})")
+        if bad > patience:
+            break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    return best, epoch
 
 
 def train_q(
