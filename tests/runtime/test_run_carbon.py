@@ -138,3 +138,30 @@ def test_publish_carbon_missing_tls_ca_is_one_line():
     assert proc.returncode == 2
     assert "tls_ca /nonexistent/ca.pem: no such file" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_bundle_declares_its_carbon_signal(tiny_bundle_copy, mosquitto, tmp_path, capsys):
+    """A bundle built on lifecycle intensities (manifest "carbon_signal") accepts lifecycle
+    payloads and refuses direct ones; an unknown signal in the manifest is one line."""
+    from carboncp.runtime.signals.mqtt import CarbonPublisher, carbon_topic
+
+    m = json.loads((tiny_bundle_copy / "manifest.json").read_text())
+    m["carbon_signal"] = "average/lifecycle"
+    (tiny_bundle_copy / "manifest.json").write_text(json.dumps(m))
+    now = time.time()
+    with CarbonPublisher(mosquitto.url) as pub:
+        em = {"zone": "DE-LU", "carbonIntensity": 480, "datetime": now - 900}  # lifecycle
+        pub.publish_raw(carbon_topic("DE-LU"), json.dumps(em).encode())
+        pub.publish("GB", 150.0, now)  # this project's format: direct
+    log = tmp_path / "run.jsonl"
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("carbon_wait_s = 1\n")
+    assert _run(tiny_bundle_copy, log, "--broker", mosquitto.url, "--config", str(cfg)) == 0
+    rec = _records(log)[0]
+    assert rec["seen"]["device_gco2_per_kwh"] == 480.0
+    assert rec["carbon_refused"] == {"signal_kind": 1}
+    m["carbon_signal"] = "hourly"
+    (tiny_bundle_copy / "manifest.json").write_text(json.dumps(m))
+    capsys.readouterr()
+    assert _run(tiny_bundle_copy, log, "--broker", mosquitto.url) == 2
+    assert "carbon_signal 'hourly' is not one of" in capsys.readouterr().err
