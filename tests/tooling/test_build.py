@@ -6,9 +6,9 @@ import json
 
 import pytest
 from carboncp.runtime.artifacts.bundle import Bundle
-from carboncp.runtime.errors import CarbonCPError, ConfigError
 from carboncp.runtime.decision.policy import TablePolicy
 from carboncp.runtime.decision.table import Table
+from carboncp.runtime.errors import CarbonCPError, ConfigError
 from carboncp.runtime.signals.traces import shipped_carbon_path
 from carboncp.tooling.build import build_bundle, select_q, train_and_compile
 from carboncp.tooling.table_build import load_qnet

@@ -12,9 +12,9 @@ import pytest
 from carboncp.runtime.artifacts.bundle import Bundle
 from carboncp.runtime.cli import main
 from carboncp.runtime.decision.costs import CostModel
-from carboncp.runtime.errors import ConfigError
 from carboncp.runtime.decision.objective import Objective
 from carboncp.runtime.decision.profile import load_profile
+from carboncp.runtime.errors import ConfigError
 from carboncp.tooling.loadgen import BackgroundLoad
 from carboncp.tooling.profile import (
     device_profile_names,

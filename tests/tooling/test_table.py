@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from carboncp.runtime.artifacts.bundle import Bundle
 from carboncp.runtime.decision.conformal import split_threshold
-from carboncp.runtime.errors import BundleError
 from carboncp.runtime.decision.table import Table
+from carboncp.runtime.errors import BundleError
 from carboncp.tooling.table_build import (
     calibrate_from_replay,
     choose_edges,
