@@ -1,0 +1,130 @@
+"""Carbon payloads at the edges of what is accepted (docs/FAULTS.md): 0 g/kWh is a real value
+(Ontario, Norway, Québec report it) and must be accepted like 2000, the top of the range;
+every documented limit is exact (the last accepted value and the first refused one)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from carboncp.runtime.signals.carbon import (
+    PayloadError,
+    check_signals,
+    check_value,
+    parse_carbon_payload,
+    parse_iso,
+    parse_ts,
+)
+
+NOW = 1_700_000_000.0
+TOPIC = "carboncp/carbon/CA-ON"
+
+
+def _parse(doc, **kw):
+    payload = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    return parse_carbon_payload(TOPIC, payload, NOW, **kw)
+
+
+def _reason(doc, **kw) -> str:
+    with pytest.raises(PayloadError) as e:
+        _parse(doc, **kw)
+    return e.value.reason
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 1e-9, 2000, 2000.0])
+def test_zero_and_the_top_of_the_range_are_accepted(value) -> None:
+    r = _parse({"zone": "CA-ON", "gco2_per_kwh": value, "ts": NOW - 60})
+    assert r.gco2_per_kwh == float(value) and r.zone == "CA-ON"
+    assert _parse(value).gco2_per_kwh == float(value)  # a bare number
+    assert check_value(value) == float(value)
+
+
+@pytest.mark.parametrize("value", [-1e-9, -1, 2000.001, 1e308])
+def test_outside_the_range_is_refused(value) -> None:
+    assert _reason({"zone": "CA-ON", "gco2_per_kwh": value, "ts": NOW}) == "range"
+    with pytest.raises(PayloadError, match="range"):
+        check_value(value)
+
+
+def test_zero_through_other_providers() -> None:
+    em = {"zone": "CA-ON", "carbonIntensity": 0, "datetime": "2023-11-14T22:00:00Z",
+          "emissionFactorType": "direct"}  # fmt: skip
+    assert parse_carbon_payload(TOPIC, json.dumps(em).encode(), 1_699_999_200.0).gco2_per_kwh == 0
+    wt = {"ba": "X", "moer": "0", "point_time": NOW - 10}
+    assert _parse(wt).gco2_per_kwh == 0.0
+    # WattTime's lbs/MWh: 1000 lbs/MWh = 453.59237 g/kWh exactly
+    assert _parse({"ba": "X", "moer": 1000, "point_time": NOW}).gco2_per_kwh == pytest.approx(
+        453.59237, rel=1e-15
+    )
+
+
+def test_payload_size_limit_is_exact() -> None:
+    from carboncp.runtime.signals.carbon import MAX_PAYLOAD_BYTES
+
+    assert MAX_PAYLOAD_BYTES == 65_536  # docs/FAULTS.md
+    body = b"400"
+    exact = body + b" " * (MAX_PAYLOAD_BYTES - len(body))
+    assert _parse(exact).gco2_per_kwh == 400.0
+    assert _reason(exact + b" ") == "too_large"
+    assert _reason(b"400", max_bytes=2) == "too_large"
+    assert _parse(b"400", max_bytes=3).gco2_per_kwh == 400.0
+
+
+def test_timestamp_limits_are_exact() -> None:
+    assert parse_ts(0) == 0.0 and parse_ts("0") == 0.0
+    assert parse_ts(1e11 - 1) == 1e11 - 1
+    for bad in (1e11, -1, -1e-9, float("nan"), float("inf"), "", "x" * 65, True):
+        with pytest.raises(PayloadError) as e:
+            parse_ts(bad)
+        assert e.value.reason == "bad_ts", bad
+    iso = "2023-11-14T22:13:20.000000000000000000000000000000000000000000000000000Z"
+    assert len(iso) == 72
+    with pytest.raises(PayloadError):
+        parse_ts(iso)  # longer than 64 characters
+    sixty_four = "1" * 10 + " " * 54
+    assert len(sixty_four) == 64 and parse_ts(sixty_four) == 1_111_111_111.0
+    assert parse_ts("2023-11-14T22:13:20Z") == NOW
+    assert parse_ts("2023-11-14T22:13:20") == NOW  # naive = UTC
+
+
+def test_iso_offsets_exact() -> None:
+    assert parse_iso("2023-11-14T23:13:20+01:00") == NOW
+    assert parse_iso("2023-11-14T21:13:20-01:00") == NOW
+    assert parse_iso("2023-11-15T22:12:20+23:59") == NOW
+    assert parse_iso("2023-11-14T22:43:20+00:30") == NOW
+    assert parse_iso("2023-11-14T22:13:20.25Z") == NOW + 0.25
+    for bad in ("2023-11-14T22:13:20+24:00", "2023-11-14T22:13:20+00:60", "yesterday"):
+        with pytest.raises(ValueError):
+            parse_iso(bad)
+
+
+def test_future_and_stale_limits_are_exact() -> None:
+    doc = {"zone": "CA-ON", "gco2_per_kwh": 10}
+    assert _parse({**doc, "ts": NOW + 60}, max_future_s=60).ts_s == NOW + 60
+    assert _reason({**doc, "ts": NOW + 61}, max_future_s=60) == "future"
+    assert _parse({**doc, "ts": NOW + 60}).ts_s == NOW + 60  # the default skew: 60 s
+    assert _reason({**doc, "ts": NOW + 61}) == "future"
+    assert _parse({**doc, "ts": NOW - 7200}).ts_s == NOW - 7200  # the default age: 2 h
+    assert _reason({**doc, "ts": NOW - 7201}) == "stale"
+    assert _reason({**doc, "ts": NOW - 11}, max_age_s=10) == "stale"
+
+
+def test_string_and_forecast_limits_are_exact() -> None:
+    doc = {"zone": "CA-ON", "gco2_per_kwh": 10, "ts": NOW}
+    assert _parse({**doc, "source": "s" * 128}).source == "s" * 128
+    assert _reason({**doc, "source": "s" * 129}) == "type"
+    pts = [[NOW + 60 * i, 5.0] for i in range(1024)]
+    assert len(_parse({**doc, "forecast": pts}).forecast) == 1024
+    assert _reason({**doc, "forecast": [*pts, [NOW, 1.0]]}) == "type"
+    assert _reason({**doc, "forecast": "soon"}) == "type"
+    assert _parse({**doc, "forecast": [{"ts": NOW, "gco2_per_kwh": 0}]}).forecast == [(NOW, 0.0)]
+    assert _reason({**doc, "forecast": [[NOW, 2001]]}) == "range"
+    r = _parse(doc)
+    assert r.forecast is None and r.replay is False and r.signal == "average/direct"
+
+
+def test_check_signals() -> None:
+    assert check_signals(["average/direct", "average/direct"]) == ("average/direct",)
+    for bad in ([], "average/direct", ["average/nothing"]):
+        with pytest.raises(ValueError):
+            check_signals(bad)  # type: ignore[arg-type]

@@ -1,0 +1,141 @@
+"""TablePolicy's bookkeeping pinned exactly: its defaults (ACI with γ = 0.01, weighted CP's
+window of 500 refitted every 100 decisions), which threshold each online rule uses in which
+state, the stored q̂ against a recomputed one, the oracle without an SLO or with none
+feasible, coverage, and the guard-relaxed count."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from carboncp.runtime.decision.conformal import INF, split_threshold
+from carboncp.runtime.decision.context import Context
+from carboncp.runtime.decision.policy import TablePolicy
+
+from tests.runtime.test_policy import LAT, SCORES, _ctx, _table
+from tests.support.decision import cost_model
+
+
+def _row(ctx: Context) -> tuple[float, ...]:
+    return tuple(ctx.__dict__.values())
+
+
+def test_defaults_aci_gamma_window_and_refit_period() -> None:
+    t = _table(SCORES, LAT, qhat=0.5)
+    pol = TablePolicy(t, cost_model())
+    assert pol.mode == "A" and pol.online == "aci" and pol.aci.gamma == 0.01
+    assert pol.alpha == t.alpha == 0.1 and pol.wcp is None
+    w = TablePolicy(t, cost_model(), online="weighted")
+    assert w._window.maxlen == 500 and w.refit_every == 100
+    assert w.wcp is not None and w.wcp.ess_floor == pytest.approx(100.0)
+    seen = _ctx(5.0)
+    for i in range(1, 100):
+        w.observe(w.decide(seen), seen, seen)
+        assert w.events_since_refit == i
+    w.observe(w.decide(seen), seen, seen)  # the 100th: refit
+    assert w.events_since_refit == 0 and len(w._window) == 100
+
+
+def test_refit_waits_for_a_full_period_of_window() -> None:
+    t = _table(SCORES, LAT, qhat=0.5)
+    pol = TablePolicy(t, cost_model(), online="weighted", window=3, refit_every=5)
+    seen = _ctx(5.0)
+    fits = []
+    for _ in range(10):
+        pol.observe(pol.decide(seen), seen, seen)
+        fits.append(pol.events_since_refit)
+    # the window (3) is shorter than the period: a refit needs min(5, 3) = 3 contexts
+    assert fits == [1, 2, 3, 4, 0, 1, 2, 3, 4, 0]
+
+
+def test_which_threshold_each_online_rule_uses() -> None:
+    t = _table(SCORES, LAT, qhat=0.5)
+    cm = cost_model()
+    row = _row(_ctx(5.0))
+    split = TablePolicy(t, cm, online="split")
+    assert split.threshold(row) == 0.5
+    aci = TablePolicy(t, cm, online="aci")
+    cal = np.sort(t.cal_scores.astype(np.float64))
+    assert aci.threshold(row) == aci.aci.threshold() == split_threshold(cal, 0.1)
+    w = TablePolicy(t, cm, online="weighted")
+    assert not w.wcp.ready and w.threshold(row) == w.aci.threshold()  # below the floor: ACI
+    w.wcp.ready, w.wcp._cum, w.wcp._scores_l = True, [float(i) for i in range(1, 201)], [0.25] * 200
+    assert w.threshold(row) == 0.25  # ready: weighted CP's own threshold
+
+
+def test_stored_qhat_is_used_at_the_tables_alpha() -> None:
+    t = _table(SCORES, LAT, qhat=0.4321)  # not what the calibration scores would give
+    cm = cost_model()
+    assert TablePolicy(t, cm, online="split").qhat == 0.4321
+    assert TablePolicy(t, cm, alpha=0.1, online="split").qhat == 0.4321
+    cal = np.sort(t.cal_scores.astype(np.float64))
+    assert TablePolicy(t, cm, alpha=0.3, online="split").qhat == split_threshold(cal, 0.3)
+
+
+def test_known_bandwidth_and_the_pessimistic_factor() -> None:
+    t = _table(SCORES, LAT)
+    assert TablePolicy(t, cost_model()).bw_factor == pytest.approx(0.5, rel=1e-15)
+    assert TablePolicy(t, cost_model(), known_bandwidth=True).bw_factor == 1.0
+
+
+class _Cost:
+    """Latency and J per partition fixed by the test."""
+
+    def __init__(self, lat, j, slo):
+        self.lat, self.j, self.slo = lat, j, slo
+
+    def row(self, ctx, bw, partitions=None):
+        ps = range(len(self.lat)) if partitions is None else partitions
+        return [self.lat[p] for p in ps], [self.j[p] for p in ps]
+
+
+def test_oracle_row_with_and_without_an_slo() -> None:
+    t = _table(SCORES, LAT)
+    row = _row(_ctx(5.0))
+    lat = [400.0, 350.0, 290.0, 300.0, 100.0, 301.0, 50.0]
+    j = [0.1, 0.2, 0.9, 0.8, 0.95, 0.05, 1.0]
+    assert TablePolicy(t, _Cost(lat, j, 300.0)).oracle_row(row) == 3  # feasible: 2, 3, 4, 6
+    assert TablePolicy(t, _Cost(lat, j, None)).oracle_row(row) == 5  # no SLO: argmin J
+    assert TablePolicy(t, _Cost(lat, j, 10.0)).oracle_row(row) == 6  # none feasible: fastest
+
+
+def test_mode_a_without_an_slo_and_with_none_meeting_it() -> None:
+    t = _table([[0.0] * 7] * 2, [[10] * 7] * 2, qhat=0.5)
+    lat = [400.0, 350.0, 290.0, 300.0, 100.0, 301.0, 50.0]
+    j = [0.1, 0.2, 0.9, 0.8, 0.95, 0.05, 1.0]
+    ctx = _ctx(5.0)
+    assert TablePolicy(t, _Cost(lat, j, None), online="split").decide(ctx).partition == 5
+    assert TablePolicy(t, _Cost(lat, j, 300.0), online="split").decide(ctx).partition == 3
+    assert TablePolicy(t, _Cost(lat, j, 10.0), online="split").decide(ctx).partition == 6
+    # equal J within the SLO: the lower score wins, then the lower partition
+    t2 = _table([[0.0, 0.2, 0.1, 0.3, 0.3, 0.3, 0.3]] * 2, [[10] * 7] * 2, qhat=0.5)
+    tie = _Cost([100.0] * 7, [1.0, 0.5, 0.5, 0.7, 0.7, 0.7, 0.7], 300.0)
+    assert TablePolicy(t2, tie, online="split").decide(ctx).partition == 2
+    slow = _Cost([400.0, 500.0, 500.0, 900.0, 900.0, 900.0, 900.0], [1.0] * 7, 300.0)
+    assert TablePolicy(t2, slow, online="split").decide(ctx).partition == 0  # the fastest
+
+
+def test_coverage_and_counters() -> None:
+    t = _table(SCORES, LAT, qhat=0.5)
+    pol = TablePolicy(t, cost_model(), "M", online="split")
+    assert math.isnan(pol.coverage)
+    d = pol.decide(_ctx(100.0))  # set (0, 1, 2, 6)
+    pol.observe_label(d, 6, _ctx(100.0))
+    pol.observe_label(d, 3, _ctx(100.0))
+    pol.observe_label(d, 0, _ctx(100.0))
+    pol.observe_label(d, 5, _ctx(100.0))
+    assert (pol.n_observed, pol.n_errors, pol.coverage) == (4, 2, 0.5)
+    assert pol.n_decisions == 1
+    # the guard relaxed: counted per decision
+    t2 = _table(SCORES, [[900] * 7, [900] * 7], qhat=0.5)
+    p2 = TablePolicy(t2, cost_model(), "M", online="split")
+    for _ in range(3):
+        assert p2.decide(_ctx(100.0)).flags == ("slo_guard_relaxed",)
+    assert p2.n_guard_relaxed == 3
+
+
+def test_an_infinite_threshold_is_the_whole_set() -> None:
+    t = _table(SCORES, LAT, qhat=INF)
+    d = TablePolicy(t, cost_model(), "M", online="split").decide(_ctx(100.0))
+    assert d.candidates == tuple(range(7))
