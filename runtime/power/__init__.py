@@ -78,6 +78,8 @@ def open_power_source(spec: str, **kwargs: object) -> PowerSource | None:
     if kind == "fake":
         from carboncp.runtime.power.fake import FakePowerSource
 
+        # from a config (`carboncp run --power fake`): every energy it gives is flagged
+        kwargs.setdefault("energy_flag", "fake_power")
         return FakePowerSource(**kwargs)  # type: ignore[arg-type]
     raise ConfigError(f"unknown power source {spec!r}; expected one of: {', '.join(SPECS)}")
 

@@ -37,8 +37,10 @@ class FakePowerSource(ClosableSource):
         script: Iterable[float | BaseException | PowerReading] = (),
         voltage_mv: float | None = 5000.0,
         clock: Callable[[], float] = time.monotonic,
+        energy_flag: str | None = None,
     ) -> None:
         super().__init__(clock)
+        self.energy_flag = energy_flag  # added to the meter's measurement flags
         self.power_mw, self.profile, self.voltage_mv = power_mw, profile, voltage_mv
         self.script = list(script)
         self.reads = 0

@@ -209,7 +209,8 @@ class EnergyMeter:
         wait: bool = True,
     ) -> EnergyMeasurement:
         """Energy over [t0_s, t1_s] (clock seconds), measured or, on a fault, modelled.
-        A fake source's measurements (power 'fake', tests and demos) are flagged 'fake_power'.
+        A source with an `energy_flag` (the fake that `power = "fake"` opens) adds it to every
+        measurement's flags, so records never pass a fake's energy off as measured.
 
         Parameters:
             t0_s, t1_s: the window, in the meter's clock seconds (t0_s <= t1_s).
@@ -230,8 +231,9 @@ class EnergyMeter:
             ValueError: t1_s < t0_s.
         """
         m = self._energy_j(t0_s, t1_s, modelled_j, modelled_power_mw, wait)
-        if getattr(self.source, "name", None) == "fake":
-            m = replace(m, flags=(*m.flags, "fake_power"))
+        flag = getattr(self.source, "energy_flag", None)
+        if flag:
+            m = replace(m, flags=(*m.flags, flag))
         return m
 
     def _energy_j(

@@ -323,7 +323,8 @@ def _adapt(doc: Any, topic_zone: str | None, now_s: float) -> dict[str, Any]:
             return {"zone": topic_zone or "GB", "value": value, "ts": ts,
                     "source": "carbonintensity.org.uk", "kind": "average", "basis": "direct",
                     "forecast": forecast}  # fmt: skip
-        meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
+        meta_doc = doc.get("meta")
+        meta: dict[str, Any] = meta_doc if isinstance(meta_doc, dict) else {}
         if "value" in first and "point_time" in first:  # WattTime v3 historical or forecast
             units = str(meta.get("units", "lbs_co2_per_mwh"))
             if "lbs" not in units:
