@@ -2,6 +2,7 @@
 #   make demo   creates .venv, installs CarbonCP with every extra, runs the one-machine demo
 #   make test   the same set-up, then lint + the whole test suite (what CI runs)
 #   make bench  speed and memory benchmarks (ratios against a baseline in the same run)
+#   make mutation  mutation testing of the decision code (docs/MUTATION.md; ~30-40 min)
 PY ?= python3
 VENV ?= .venv
 TFLITE_VENV ?= .venv-tflite
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 # for a multi-GB CUDA build (docs/METHOD.md Appendix A).
 PIP_ALL := torch==2.13.0 -e .[all]
 
-.PHONY: demo test system-tools lint test-py test-tflite-runtime bench clean
+.PHONY: demo test system-tools lint test-py test-tflite-runtime bench mutation clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -61,6 +62,13 @@ bench: $(BIN)/.installed
 	$(BIN)/python -m bench.offload --bundle models/resnet18
 	$(BIN)/python -m bench.costs
 	$(BIN)/python -m bench.bridge_decode
+
+# Mutation testing of the decision code (conformal, costs, policy, table, carbon payloads):
+# plants one small bug at a time, in memory, and runs that module's tests; writes the
+# survivors to docs/MUTATION.md and prints `killed K of N (P%)` last. About 30-40 min on
+# the 2-core host, so it is not part of `make test`.
+mutation: $(BIN)/.installed
+	$(BIN)/python tools/mutate.py
 
 clean:
 	rm -rf $(VENV) $(TFLITE_VENV) .cache build *.egg-info

@@ -310,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tests", nargs="+", help="the tests for --target")
     ap.add_argument("--only", help="only mutants whose label contains this text")
     ap.add_argument("--list", action="store_true", help="list the mutants and stop")
+    ap.add_argument(
+        "--plant", metavar="OLD=>NEW", help="with --target/--tests: one hand-written bug (text)"
+    )
     ap.add_argument("--report", help=f"write the report here (default {REPORT} for a full run)")
     args = ap.parse_args(argv)
     sys.dont_write_bytecode = True
@@ -328,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     report = Path(args.report) if args.report else (REPORT if full_run else None)
     equivalents = load_equivalents()
 
+    if args.plant:
+        return plant(targets, args.plant)
     import numpy  # noqa: F401  (forked children start with numpy and pytest loaded)
     import pytest  # noqa: F401
 
@@ -367,6 +372,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(rows)} mutants, {len(equiv)} judged equivalent, {len(survived)} survived; "
           f"{elapsed / 60:.1f} min")  # fmt: skip
     print(f"killed {killed} of {n} ({100.0 * killed / n if n else 100.0:.1f}%)")
+    return 0
+
+
+def plant(targets: dict[str, tuple[str, list[str]]], spec: str) -> int:
+    """Run the tests against one hand-written bug: KILLED or SURVIVED."""
+    old, _, new = spec.partition("=>")
+    ((path, (module, tests)),) = targets.items()
+    src = (REPO / path).read_text()
+    if src.count(old) != 1:
+        print(f"{path}: {old!r} occurs {src.count(old)} times, not once", file=sys.stderr)
+        return 2
+    code = compile(src.replace(old, new), str(REPO / path), "exec")
+    outcome = run_tests(module, code, str(REPO / path), tests, 900)
+    print(f"{'SURVIVED' if outcome == 'passed' else 'KILLED'}: {path}: {old!r} -> {new!r}")
     return 0
 
 

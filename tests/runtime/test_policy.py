@@ -133,12 +133,24 @@ def test_weighted_mode_refits_from_the_window() -> None:
     ).astype(np.uint8)  # fmt: skip
     pol = TablePolicy(t, cm, "M", online="weighted", window=100, refit_every=50)
     assert pol.wcp is not None and not pol.wcp.ready
+    windows = []  # what each refit was given
+    refit = pol.wcp.refit
+    pol.wcp.refit = lambda bins: (windows.append(np.array(bins)), refit(bins))[1]
     for i in range(120):
         seen = _ctx(float(rng.uniform(0.5, 50)), device_gco2_per_kwh=150.0 + i)
         pol.observe(pol.decide(seen), seen, seen)
-    assert pol.wcp.ess > 0
-    q = pol.threshold(tuple(_ctx(5.0).__dict__.values()))
-    assert q >= 0
+    # refits after 50 and 100 observations; the ESS is the one of the last window
+    assert pol.events_since_refit == 20 and len(pol._window) == 100
+    wcp = pol.wcp
+    assert [len(b) for b in windows] == [50, 100]
+    window = windows[-1]
+    w = np.exp(wcp.clf.logit_bins(wcp.cal_bins)) * (200 / 100)
+    w_win = np.exp(wcp.clf.logit_bins(window)) * (200 / 100)
+    ess = np.median((w.sum() + w_win) ** 2 / ((w * w).sum() + w_win**2))
+    assert wcp.ess == pytest.approx(ess, rel=1e-9) and wcp.ready == (ess >= 100)
+    row = tuple(_ctx(5.0).__dict__.values())
+    want = wcp.threshold_row(row) if wcp.ready else pol.aci.threshold()
+    assert pol.threshold(row) == want
 
 
 def test_bad_mode_online_and_alpha() -> None:

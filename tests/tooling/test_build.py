@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from carboncp.runtime.artifacts.bundle import Bundle
 from carboncp.runtime.decision.policy import TablePolicy
@@ -29,8 +30,16 @@ def test_train_and_compile_writes_verified_sections(tmp_path) -> None:
     assert t.meta["q_objective"] == res["selected"]
     assert set(t.meta["q_selection"]["held_out"]) == {"ce", "regression"}
     assert load_qnet(b).objective == res["selected"]
-    pol = TablePolicy.from_bundle(b)
-    assert pol.decide_row(tuple(res["replay"].x_seen[-1].tolist())).partition in range(7)
+    # the device's policy decides from the stored table exactly as the table says
+    pol = TablePolicy.from_bundle(b, mode="M", online="split")
+    x = res["replay"].x_seen[-50:]
+    for row, cell, lcell in zip(x.tolist(), t.cells(x), t.latency_cells(x), strict=True):
+        d = pol.decide_row(tuple(row))
+        s = t.scores[cell].astype(float)
+        cand = tuple(int(p) for p in np.flatnonzero(s <= t.qhat))
+        kept = [p for p in cand if t.guard_ok()[lcell][p]] or list(cand)
+        assert (d.cell, d.candidates) == (cell, cand)
+        assert d.partition == min(kept, key=lambda p: (s[p], p))
     layout = json.loads((root / "table/table.json").read_text())
     assert layout["alpha"] == 0.1
 
