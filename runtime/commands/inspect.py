@@ -1,8 +1,9 @@
 """Show what a bundle holds: the model, the partition table (per partition p: cut name, what
 crosses the link (dtype, shape, bytes), artifact sizes, verification error of head + tail
 against the full model per format, float16-wire error), and the sections later steps added.
-The bundle is verified (format version, every file's size and sha256, and that the profile,
-objective and table sections load) before it is shown.
+The bundle is verified (format version, every file's size and sha256, that the profile,
+objective and table sections load, and that every head's output and tail's input is the wire
+tensor the manifest records) before it is shown.
 
 Example:
   carboncp inspect models/resnet18
@@ -66,10 +67,12 @@ def table(bundle: Any) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from carboncp.runtime.artifacts.bundle import MANIFEST, Bundle, section_fault
+    from carboncp.runtime.artifacts.consistency import check_consistency
     from carboncp.runtime.decision.sections import check_sections
 
     bundle = Bundle.load(args.bundle, verify=not args.no_verify)
     check_sections(bundle)
+    check_consistency(bundle)  # wire bytes = dtype x shape; head output = wire = tail input
     # Descriptive fields (tools, tolerances, weights) of a hand-edited manifest: one line too.
     with section_fault(bundle.path / MANIFEST, "rebuild it with 'carboncp export'"):
         _show(bundle, args)

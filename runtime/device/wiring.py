@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from carboncp.runtime.artifacts.bundle import Bundle
+from carboncp.runtime.artifacts.consistency import check_consistency
 from carboncp.runtime.artifacts.runners import Runner, make_runner
 from carboncp.runtime.decision.baselines import ArgminPolicy, FixedPolicy
 from carboncp.runtime.decision.context import Policy
@@ -233,6 +234,7 @@ def open_device(
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     bundle = Bundle.load(settings.bundle)
+    check_consistency(bundle)  # wire bytes = dtype x shape; head output = wire = tail input
     cost_model = optional_cost_model(bundle)
     policy = make_policy(settings, bundle, cost_model)
     if wrap_policy is not None:

@@ -82,13 +82,17 @@ def make_bundle(root, profile: Profile | None = None, objective: Objective | Non
     root.mkdir(parents=True, exist_ok=True)
     profile = profile or resnet18_profile()
     objective = objective or Objective()
+    last = len(profile.wire_bytes) - 1
+
+    def wire_of(p: int, b: float) -> dict:
+        """A wire whose bytes are its dtype x shape (checked at load); p = P sends nothing."""
+        if p == 0:
+            return {"dtype": "uint8", "shape": [1, 3, 224, 224], "bytes": int(b)}
+        shape = [1000] if p == last else [int(b) // 2]
+        return {"dtype": "float16" if p < last else "float32", "shape": shape, "bytes": int(b)}
+
     parts = [
-        {
-            "p": p,
-            "cut": f"cut{p}",
-            "wire": {"dtype": "float16" if p > 0 else "uint8", "shape": [1], "bytes": int(b)},
-        }
-        for p, b in enumerate(profile.wire_bytes)
+        {"p": p, "cut": f"cut{p}", "wire": wire_of(p, b)} for p, b in enumerate(profile.wire_bytes)
     ]
     manifest = {
         "format": FORMAT,
