@@ -9,14 +9,22 @@ Example:
 
 The token may also come from the environment variable CARBONCP_SERVER_TOKEN. With --port 0 the
 server picks a free port; the 'ready on' line on stdout names it.
+
+The port is open while the tails load: /v2/health/ready and inference requests answer 503 at
+once until every tail has run once. Tails run in --workers processes (default: one per core,
+at most --max-concurrency), so a tail that crashes answers 500 and the server stays up; a tail
+that fails at warm-up is reported and only its model answers 500.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import sys
+import threading
+import time
 
 HELP = "run the edge server (tails over the KServe v2 inference protocol)"
 
@@ -28,47 +36,118 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN'")
     parser.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit")
     parser.add_argument("--max-concurrency", type=int, default=4, help="inferences in flight")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="tail worker processes (default: min(--max-concurrency, cores); 0: run the tails "
+        "in the server process, where a crashing tail takes the server down)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="open connections (default: max(64, 8 x --max-concurrency)); when full, the one "
+        "idle longest is closed",
+    )
+    parser.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=5.0,
+        help="time for a request's line and headers, and keep-alive idle limit (default 5)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
 
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch's pool fights XNNPACK otherwise
     from carboncp.runtime.artifacts.bundle import Bundle
+    from carboncp.runtime.artifacts.consistency import check_consistency
     from carboncp.runtime.checks import check_number
     from carboncp.runtime.decision.sections import check_sections
-    from carboncp.runtime.errors import ConfigError
+    from carboncp.runtime.errors import BackendMissingError, BundleError, ConfigError
     from carboncp.runtime.link.server import EdgeHTTPServer, TailService, executorch_tails, warm_up
+    from carboncp.runtime.link.tail_workers import TailWorkers
 
     check_number(args.max_concurrency, "--max-concurrency", lo=1)
     check_number(args.max_body_mb, "--max-body-mb", lo=0, lo_open=True, hi=4096)
     check_number(args.port, "--port", lo=0, hi=65535)
+    check_number(args.header_timeout_s, "--header-timeout-s", lo=0, lo_open=True, hi=300)
+    if args.workers is not None:
+        check_number(args.workers, "--workers", lo=0, hi=256)
+    if args.max_connections is not None:
+        check_number(args.max_connections, "--max-connections", lo=1, hi=100000)
     token = args.token or os.environ.get("CARBONCP_SERVER_TOKEN") or None
     bundle = Bundle.load(args.bundle)
     check_sections(bundle)  # the devices decide from them: a corrupt one is a bad deployment
-    service = TailService(bundle, executorch_tails(bundle), max_concurrency=args.max_concurrency)
+    if importlib.util.find_spec("executorch") is None:
+        raise BackendMissingError(
+            "carboncp serve runs the tails with ExecuTorch: pip install 'carboncp[executorch]'"
+        )
+    check_consistency(bundle)  # wire sizes = dtype x shape, head out = wire = tail in
+    cores = os.cpu_count() or 1
+    n_workers = args.workers if args.workers is not None else min(args.max_concurrency, cores)
+    pool = (
+        TailWorkers(bundle, n_workers, num_threads=max(1, cores // n_workers))
+        if n_workers
+        else None
+    )
+
+    def not_loaded(p, x):  # never called: requests are refused with 503 until ready
+        raise RuntimeError("tails not loaded yet")
+
+    service = TailService(
+        bundle, not_loaded, max_concurrency=args.max_concurrency, serialise=pool is None
+    )
     try:
         httpd = EdgeHTTPServer(
             (args.host, args.port),
             service,
             token=token,
             max_body_bytes=int(args.max_body_mb * (1 << 20)),
-            max_connections=max(16, 4 * args.max_concurrency),
+            max_connections=args.max_connections or max(64, 8 * args.max_concurrency),
             verbose=args.verbose,
+            header_timeout_s=args.header_timeout_s,
         )
     except OSError as exc:
         raise ConfigError(f"--host/--port: cannot bind {args.host}:{args.port} ({exc})") from exc
-    print(f"carboncp serve: loading {bundle.last} tails of {bundle.model_name}", file=sys.stderr)
-    warm_up(service)
+    # Serve from now on: while the tails load, readiness and inferences answer 503 at once.
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    where = f"{n_workers} worker processes" if pool else "in the server process"
     print(
-        f"carboncp serve: ready on {httpd.url} (models {bundle.model_name}-tail-p0.."
-        f"p{bundle.last - 1}{', token required' if token else ''})",
+        f"carboncp serve: listening on {httpd.url}; loading {bundle.last} tails of "
+        f"{bundle.model_name} ({where}); not ready until they are warm",
+        file=sys.stderr,
         flush=True,
     )
     try:
-        httpd.serve_forever(poll_interval=0.2)
+        if pool is not None:
+            pool.start()
+            service.failed = pool.failed  # the pool adds partitions whose tail kept crashing
+            service.run_tail = pool.run
+        else:
+            service.run_tail = executorch_tails(bundle)
+        warm_up(service, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        if len(service.failed) == bundle.last:
+            raise BundleError(
+                f"{bundle.path}: no tail of {bundle.model_name} runs ("
+                + "; ".join(f"p={p} {why}" for p, why in sorted(service.failed.items()))
+                + "); re-export the bundle with 'carboncp export'"
+            )
+        failed = f"; tails {sorted(service.failed)} failed (500)" if service.failed else ""
+        print(
+            f"carboncp serve: ready on {httpd.url} (models {bundle.model_name}-tail-p0.."
+            f"p{bundle.last - 1}{', token required' if token else ''}{failed})",
+            flush=True,
+        )
+        while True:
+            time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
+        httpd.shutdown()
         httpd.server_close()
+        if pool is not None:
+            pool.close()
     return 0

@@ -48,7 +48,7 @@ _RANGES: dict[str, dict[str, Any]] = {
     "carbon_ttl_s": {"lo": 0, "lo_open": True},
     "carbon_wait_s": {"lo": 0, "hi": 60},
     "carbon_max_future_s": {"lo": 0, "hi": 3600},
-    "deadline_ms": {"lo": 0, "lo_open": True},
+    "deadline_ms": {"lo": 0, "lo_open": True, "hi": 3_600_000},  # an hour; 1e300 overflows timeouts
     "probe_after_s": {"lo": 0, "lo_open": True},
     "device_load": {"lo": 0, "hi": 1},
     "battery_pct": {"lo": 0, "hi": 100},

@@ -9,12 +9,19 @@ how long the radio was busy, so the loop can finish locally and count the wasted
 
 Realised link figures: RTT is the TCP connect time (one round trip) plus the shaper's
 emulated RTT; the uplink rate is the payload's bits over (round trip - server time - RTT).
+
+A refusal is named by its status: `unauthorized` (401/403: the bearer token is wrong; one
+warning on stderr the first time), `busy` (503: saturated or still warming up), `refused`
+(other 4xx), `server_error` (other 5xx). A server that answers before it has read the whole
+body and closes the connection makes the send fail (broken pipe, reset); the client then
+still reads the answer it was sent, so a refusal is never mistaken for `unreachable`.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import sys
 import time
 from dataclasses import dataclass
 
@@ -31,6 +38,9 @@ SHAPED_CHUNK_BYTES = 2 * 1024  # finer steps on an emulated link, so early aband
 MIN_EVIDENCE_S = 0.005  # do not extrapolate the rate from less than this much sending
 MAX_RESPONSE_HEADER = 64 * 1024
 PROBE_BYTES = 32 * 1024  # large enough to time on a fast link, small next to an inference
+MAX_DEADLINE_S = 3600.0  # longer deadlines are clamped (socket timeouts overflow near 1e300)
+ANSWER_AFTER_RESET_S = 0.5  # after a failed send: how long to look for the server's answer
+REFUSAL_KINDS = {401: "unauthorized", 403: "unauthorized", 503: "busy"}
 
 
 class OffloadFailed(OffloadError):
@@ -85,6 +95,7 @@ class OffloadClient:
         self.connect_timeout_s = connect_timeout_s
         self.out_spec = wire.output_spec(bundle)
         self.chunk_bytes = SHAPED_CHUNK_BYTES if shaper is not None else CHUNK_BYTES
+        self.warned_unauthorized = False
 
     def spec(self, p: int) -> wire.WireSpec:
         return wire.wire_spec(self.bundle, p, float16=self.float16)
@@ -93,6 +104,9 @@ class OffloadClient:
         """Offload partition p's tail on wire tensor x (the image at p = 0, else the head's
         float32 output) within deadline_s seconds of now, or raise OffloadFailed."""
         spec = self.spec(p)
+        if not deadline_s > 0:  # also NaN
+            raise OffloadFailed("timeout", f"deadline {deadline_s!r} s is not positive")
+        deadline_s = min(float(deadline_s), MAX_DEADLINE_S)
         try:
             data = wire.encode(x, spec)
         except wire.WireFormatError as exc:
@@ -143,7 +157,18 @@ class OffloadClient:
                 if self.shaper is not None:
                     self.shaper.pace(len(chunk), deadline)
                 sock.settimeout(max(1e-3, deadline - time.monotonic()))
-                sock.sendall(chunk)
+                try:
+                    sock.sendall(chunk)
+                except (BrokenPipeError, ConnectionResetError) as exc:
+                    # The server may have answered (401, 413, 503) and closed without reading
+                    # the rest: its answer is what happened, not the broken pipe.
+                    answer = self._answer_after_send_error(sock, deadline)
+                    if answer is None:
+                        raise OffloadFailed(
+                            "unreachable", f"{self.url}: {exc}", time.monotonic() - t0, sent
+                        ) from None
+                    status, _, body = answer
+                    self._refusal(status, body, time.monotonic() - t0, sent)
                 sent += len(chunk)
             send_ms = (time.monotonic() - t_send) * 1000.0
             status, headers, body = self._read_response(sock, deadline)
@@ -166,8 +191,7 @@ class OffloadClient:
         total_ms = (time.monotonic() - t0) * 1000.0
         elapsed = total_ms / 1000.0
         if status != 200:
-            kind = "server_error" if status >= 500 else "refused"
-            raise OffloadFailed(kind, f"HTTP {status}: {_error_text(body)}", elapsed, sent)
+            self._refusal(status, body, elapsed, sent)
         try:
             y, params = self._decode_response(headers, body)
         except (wire.WireFormatError, ValueError, TypeError) as exc:  # e.g. "data": {...}
@@ -187,6 +211,29 @@ class OffloadClient:
             server_load=server_load,
             bandwidth_mbps=8.0 * len(data) / transfer_s / 1e6,
         )
+
+    def _refusal(self, status: int, body: bytes, elapsed: float, sent: int) -> None:
+        """Raise the OffloadFailed a non-200 answer means (warning once on a wrong token)."""
+        kind = REFUSAL_KINDS.get(status, "server_error" if status >= 500 else "refused")
+        if kind == "unauthorized" and not self.warned_unauthorized:
+            self.warned_unauthorized = True
+            print(
+                f"carboncp: warning: the edge server {self.url} refused the bearer token "
+                f"(HTTP {status}): check the 'token' setting (it must equal the server's "
+                "--token / CARBONCP_SERVER_TOKEN); offloads finish on the device meanwhile",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise OffloadFailed(kind, f"HTTP {status}: {_error_text(body)}", elapsed, sent)
+
+    def _answer_after_send_error(
+        self, sock: socket.socket, deadline: float
+    ) -> tuple[int, dict[str, str], bytes] | None:
+        """The answer the server sent before it stopped reading, if any arrived."""
+        try:
+            return self._read_response(sock, min(deadline, time.monotonic() + ANSWER_AFTER_RESET_S))
+        except (OSError, OffloadFailed):
+            return None
 
     def _link_up(self, sock: socket.socket, t0: float, deadline: float) -> float:
         """A connected socket ready to send over the (shaped) link; returns the RTT in ms:

@@ -6,6 +6,15 @@ data extension. Everything about a request (model, partition, dtype, shape, byte
 checked against the bundle before any tensor is built or any tail runs; the body is bounded
 (413), in-flight inferences are bounded (503), an optional bearer token guards every route
 except the health probes (401), and every malformed request gets a 4xx with a JSON error.
+Every refusal drains (a bounded part of) the unread body before closing, so the client reads
+the answer instead of a reset.
+
+Hostile or broken clients: the request line and headers must arrive within
+`header_timeout_s` (default 5 s, also the idle limit between keep-alive requests), a body at
+no less than MIN_BODY_RATE bytes/s, a connection carries at most MAX_REQUESTS_PER_CONNECTION
+requests, and when every connection slot is taken the connection that has waited longest for
+its headers is closed to make room, so idle or half-open connections cannot starve the
+inference slots. The tails may run in worker processes (runtime/link/tail_workers.py).
 Standard library only (http.server); no pickle.
 """
 
@@ -13,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import io
 import json
 import re
 import socket
@@ -27,11 +37,20 @@ import numpy as np
 from carboncp.runtime.artifacts.bundle import Bundle
 from carboncp.runtime.link import wire
 from carboncp.runtime.link.routes import PROBE_MAX_BYTES, PROBE_PATH, model_name
+from carboncp.runtime.link.tail_workers import TailUnavailable
 
 _MODEL_RE = re.compile(
     r"^/v2/models/([A-Za-z0-9_.\-]{1,128})(?:/versions/[A-Za-z0-9_.\-]{1,32})?(/infer|/ready)?$"
 )
 TailFn = Callable[[int, np.ndarray], np.ndarray]
+
+HEADER_TIMEOUT_S = 5.0  # request line + headers, and the idle wait between keep-alive requests
+MIN_BODY_RATE = 64 * 1024  # bytes/s: a body slower than this (after 5 s of grace) is dropped
+BODY_GRACE_S = 5.0
+MAX_REQUESTS_PER_CONNECTION = 100
+DRAIN_S = 2.0  # at most this long reading an unwanted body after a refusal
+WRITE_TIMEOUT_S = 30.0  # a client that stops reading its answer is dropped after this
+EVICT_AFTER_S = 0.2  # a connection waiting longer than this for its headers may be evicted
 
 
 class RequestError(Exception):
@@ -45,7 +64,15 @@ class RequestError(Exception):
 class TailService:
     """The protocol logic, independent of the HTTP plumbing (and testable without a socket)."""
 
-    def __init__(self, bundle: Bundle, run_tail: TailFn, max_concurrency: int = 4):
+    def __init__(
+        self,
+        bundle: Bundle,
+        run_tail: TailFn,
+        max_concurrency: int = 4,
+        serialise: bool = True,
+    ):
+        """`serialise`: one tail at a time (an in-process runner is not thread-safe); a
+        worker pool (TailWorkers.run) runs several at once and passes False."""
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
         self.bundle = bundle
@@ -55,7 +82,10 @@ class TailService:
         self.specs = {p: wire.accepted_specs(bundle, p) for p in range(bundle.last)}
         self.out_spec = wire.output_spec(bundle)
         self._slots = threading.BoundedSemaphore(max_concurrency)
-        self._run_lock = threading.Lock()  # one tail at a time: runners are not thread-safe
+        self._run_lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if serialise else contextlib.nullcontext()
+        )
+        self.failed: dict[int, str] = {}  # partition -> why its tail cannot run (warm-up)
         self._count_lock = threading.Lock()
         self.in_flight = 0
         self.ready = False
@@ -158,6 +188,8 @@ class TailService:
             with self._count_lock:
                 self.in_flight += 1
                 load = self.load
+            if p in self.failed:
+                raise RequestError(500, f"tail p={p} {self.failed[p]}")
             x = wire.decode(binary, spec)  # float16 -> float32 here
             t0 = time.perf_counter()
             with self._run_lock:
@@ -165,6 +197,8 @@ class TailService:
             server_ms = (time.perf_counter() - t0) * 1000.0
         except RequestError:
             raise
+        except TailUnavailable as exc:  # no worker free in time, or a tail that kept crashing
+            raise RequestError(503 if p not in self.failed else 500, str(exc)) from None
         except Exception as exc:  # a failing tail is the server's fault: 500, and stay up
             self.count("failed")
             raise RequestError(500, f"tail p={p} failed: {type(exc).__name__}: {exc}") from None
@@ -197,17 +231,66 @@ class TailService:
         return head + data, len(head)
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The handler's socket as a raw stream whose every read honours an absolute deadline,
+    so that a client trickling one byte every few seconds cannot renew its own timeout."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.deadline = time.monotonic() + HEADER_TIMEOUT_S
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("read deadline passed")
+        self.sock.settimeout(remaining)
+        return self.sock.recv_into(b)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: EdgeHTTPServer
     protocol_version = "HTTP/1.1"
     server_version = "carboncp-serve"
-    timeout = 30  # seconds a client may stall mid-request before its socket is dropped
+    timeout = None  # reads are bounded by _DeadlineReader's absolute deadlines instead
+
+    def setup(self) -> None:
+        super().setup()
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader, 65536)
+        self._requests = 0
+        self.server.track(self, waiting=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.untrack(self)
+
+    def handle_one_request(self) -> None:
+        """One request, its line and headers within header_timeout_s (also the keep-alive idle
+        limit); at most MAX_REQUESTS_PER_CONNECTION per connection."""
+        self._requests += 1
+        if self._requests > MAX_REQUESTS_PER_CONNECTION:
+            self.close_connection = True
+            return
+        self._reader.deadline = time.monotonic() + self.server.header_timeout_s
+        self.server.track(self, waiting=True)
+        super().handle_one_request()
+
+    def _body_deadline(self, length: int) -> None:
+        """Headers are in: the connection is busy; the body gets time in proportion to its size."""
+        self.server.track(self, waiting=False)
+        self._reader.deadline = time.monotonic() + BODY_GRACE_S + max(0, length) / MIN_BODY_RATE
 
     def log_message(self, fmt: str, *args: Any) -> None:
         if self.server.verbose:
             sys.stderr.write("serve: " + (fmt % args) + "\n")
 
     def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None):
+        self.connection.settimeout(WRITE_TIMEOUT_S)  # the read deadline does not bound writes
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -226,15 +309,28 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             self._error(code, message or "malformed HTTP request")
 
+    def _announced_length(self) -> int:
+        """The Content-Length header as an int, or -1 when absent or invalid."""
+        try:
+            return int(self.headers.get("Content-Length", "-1"))
+        except ValueError:
+            return -1
+
     def _drain(self, n: int) -> None:
-        """Read and drop up to n unread body bytes after answering, so that closing the socket
-        does not reset the connection before the client has read the answer."""
+        """After a refusal: read and drop up to n unread body bytes (at most 4x the body limit,
+        for at most DRAIN_S), so that closing the socket does not reset the connection before
+        the client has read the answer."""
+        self.close_connection = True
         with contextlib.suppress(OSError):
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(1.0)
+            end = time.monotonic() + DRAIN_S
             left = min(n, 4 * self.server.max_body_bytes)
             while left > 0:
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.connection.settimeout(remaining)
                 chunk = self.connection.recv(min(65536, left))
                 if not chunk:
                     break
@@ -248,6 +344,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.service.count("rejected" if status < 500 else "failed")
         self._json(status, {"error": message})
 
+    def _refuse(self, status: int, message: str, extra: dict[str, str] | None = None) -> None:
+        """Answer a refusal before the body was read, then drain the announced body."""
+        self.close_connection = True
+        if status >= 400:
+            self.server.service.count("rejected" if status < 500 else "failed")
+        self._send(status, json.dumps({"error": message}).encode(), "application/json", extra)
+        if self.command == "POST":
+            self._drain(max(0, self._announced_length()))
+
     def _authorised(self) -> bool:
         token = self.server.token
         if token is None:
@@ -255,16 +360,13 @@ class _Handler(BaseHTTPRequestHandler):
         got = self.headers.get("Authorization", "")
         if hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
             return True
-        self._send(
-            401,
-            b'{"error": "missing or wrong bearer token"}',
-            "application/json",
-            {"WWW-Authenticate": 'Bearer realm="carboncp"'},
+        self._refuse(
+            401, "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="carboncp"'}
         )
-        self.server.service.count("rejected")
         return False
 
     def _guarded(self, handle: Callable[[], None]) -> None:
+        self._body_deadline(max(0, self._announced_length()))
         try:
             handle()
         except (ConnectionError, TimeoutError):
@@ -299,7 +401,8 @@ class _Handler(BaseHTTPRequestHandler):
             except RequestError as exc:
                 return self._error(exc.status, str(exc))
             if m.group(2) == "/ready":
-                return self._json(200 if svc.ready else 503, {"ready": svc.ready})
+                ok = svc.ready and meta["parameters"]["partition"] not in svc.failed
+                return self._json(200 if ok else 503, {"ready": ok})
             return self._json(200, meta)
         return self._error(404, f"no route GET {path}")
 
@@ -312,41 +415,29 @@ class _Handler(BaseHTTPRequestHandler):
         if path == PROBE_PATH:
             return self._probe()
         m = _MODEL_RE.match(path)
-        # Refusals before the body is read close the connection: the unread body must not be
-        # taken for the next request.
+        # Refusals before the body is read answer, drain a bounded part of the body and close:
+        # the unread body must not be taken for the next request, nor reset the connection.
         if not m or m.group(2) != "/infer":
-            self.close_connection = True
-            return self._error(404, f"no route POST {path}")
+            return self._refuse(404, f"no route POST {path}")
         if not self._authorised():
-            self.close_connection = True
             return None
         if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            return self._error(411, "send a Content-Length; chunked bodies are not accepted")
-        raw_len = self.headers.get("Content-Length")
-        try:
-            length = int(raw_len) if raw_len is not None else -1
-        except ValueError:
-            length = -1
+            return self._refuse(411, "send a Content-Length; chunked bodies are not accepted")
+        length = self._announced_length()
         if length < 0:
-            self.close_connection = True
-            return self._error(411, "a valid Content-Length header is required")
+            return self._refuse(411, "a valid Content-Length header is required")
         if length > self.server.max_body_bytes:
-            self.close_connection = True
-            self._error(
+            return self._refuse(
                 413, f"body of {length} bytes exceeds the limit of {self.server.max_body_bytes}"
             )
-            return self._drain(length)
         if m.group(1) not in svc.models:
-            self.close_connection = True
-            self._error(404, f"unknown model {m.group(1)!r}; see GET /v2/models")
-            return self._drain(length)
+            return self._refuse(404, f"unknown model {m.group(1)!r}; see GET /v2/models")
+        if not svc.ready:
+            return self._refuse(503, "server is still loading its tails", {"Retry-After": "1"})
         body = self.rfile.read(length)
         if len(body) != length:
             self.close_connection = True
             return self._error(400, f"body ended after {len(body)} of {length} bytes")
-        if not svc.ready:
-            return self._error(503, "server is still loading its tails")
         try:
             out, head_len = svc.infer(m.group(1), body, self.headers.get(wire.HEADER_LENGTH))
         except RequestError as exc:
@@ -358,27 +449,28 @@ class _Handler(BaseHTTPRequestHandler):
     def _probe(self) -> None:
         """The device's active bandwidth probe: read up to PROBE_MAX_BYTES, answer the count."""
         if not self._authorised():
-            self.close_connection = True
             return None
-        try:
-            length = int(self.headers.get("Content-Length", "-1"))
-        except ValueError:
-            length = -1
+        length = self._announced_length()
         if not 0 <= length <= PROBE_MAX_BYTES:
-            self.close_connection = True
-            self._error(
+            return self._refuse(
                 413 if length > PROBE_MAX_BYTES else 411,
                 f"probe bodies are 0..{PROBE_MAX_BYTES} bytes",
             )
-            return self._drain(max(length, 0))
         n = len(self.rfile.read(length))
         return self._json(200, {"bytes": n})
 
 
 class EdgeHTTPServer(ThreadingHTTPServer):
+    """The HTTP plumbing: one thread per connection, at most `max_connections` of them.
+
+    When every connection slot is taken, the connection that has waited longest for its
+    request headers (more than EVICT_AFTER_S) is closed to make room; only when none is
+    waiting is the new connection refused with 503 (after draining a bounded part of its
+    request, so the client reads the answer)."""
+
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 64
+    request_queue_size = 128
 
     def __init__(
         self,
@@ -388,26 +480,83 @@ class EdgeHTTPServer(ThreadingHTTPServer):
         max_body_bytes: int = 16 << 20,
         max_connections: int = 64,
         verbose: bool = False,
+        header_timeout_s: float = HEADER_TIMEOUT_S,
     ):
         super().__init__(address, _Handler)
         self.service = service
         self.token = token or None
         self.max_body_bytes = int(max_body_bytes)
         self.verbose = verbose
+        self.header_timeout_s = float(header_timeout_s)
+        self.max_connections = int(max_connections)
         self._conn_slots = threading.BoundedSemaphore(max_connections)
+        self._refusals = threading.BoundedSemaphore(8)  # threads draining refused connections
+        self._track_lock = threading.Lock()
+        self._waiting: dict[_Handler, float] = {}  # handler -> since when it waits for headers
+        self.evicted = 0
+
+    def track(self, handler: _Handler, waiting: bool) -> None:
+        with self._track_lock:
+            if waiting:
+                self._waiting[handler] = time.monotonic()
+            else:
+                self._waiting.pop(handler, None)
+
+    def untrack(self, handler: _Handler) -> None:
+        with self._track_lock:
+            self._waiting.pop(handler, None)
+
+    def _evict_one(self) -> bool:
+        """Close the connection waiting longest for its headers (if longer than EVICT_AFTER_S)."""
+        now = time.monotonic()
+        with self._track_lock:
+            idle = [(t, id(h), h) for h, t in self._waiting.items() if now - t > EVICT_AFTER_S]
+            if not idle:
+                return False
+            _, _, victim = min(idle)
+            self._waiting.pop(victim, None)
+        with contextlib.suppress(OSError):
+            victim.connection.shutdown(socket.SHUT_RDWR)  # its blocked read returns at once
+        self.evicted += 1
+        return True
 
     def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
-        # Bound the threads: beyond max_connections, refuse at once rather than queue forever.
-        if not self._conn_slots.acquire(blocking=False):
-            with contextlib.suppress(OSError):
-                request.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: 33\r\nConnection: close\r\n\r\n"
-                    b'{"error": "too many connections"}'
-                )
-            self.shutdown_request(request)
+        # Bound the threads: beyond max_connections, make room by evicting an idle connection,
+        # else refuse at once rather than queue forever.
+        if not self._conn_slots.acquire(blocking=False) and not (
+            self._evict_one() and self._conn_slots.acquire(timeout=1.0)
+        ):
+            self._refuse_connection(request)
             return
         super().process_request(request, client_address)
+
+    def _refuse_connection(self, request: socket.socket) -> None:
+        if not self._refusals.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+
+        def refuse() -> None:
+            try:
+                with contextlib.suppress(OSError):
+                    request.sendall(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 33\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+                        b'{"error": "too many connections"}'
+                    )
+                    request.shutdown(socket.SHUT_WR)
+                    end = time.monotonic() + DRAIN_S
+                    left = 4 * self.max_body_bytes
+                    while left > 0 and time.monotonic() < end:
+                        request.settimeout(max(1e-3, end - time.monotonic()))
+                        chunk = request.recv(65536)
+                        if not chunk:
+                            break
+                        left -= len(chunk)
+            finally:
+                self.shutdown_request(request)
+                self._refusals.release()
+
+        threading.Thread(target=refuse, daemon=True).start()
 
     def process_request_thread(self, request, client_address):  # type: ignore[no-untyped-def]
         try:
@@ -429,10 +578,22 @@ def executorch_tails(bundle: Bundle) -> TailFn:
     return runner.run
 
 
-def warm_up(service: TailService) -> None:
-    """Load and run every tail once so that 'ready' means the first request is not a cold start."""
+def warm_up(service: TailService, log: Callable[[str], None] | None = None) -> None:
+    """Run every tail once so that 'ready' means the first request is not a cold start.
+
+    A tail that raises is recorded in `service.failed` (its model answers 500 and its
+    `/ready` 503) and warned about through `log`; the others are served."""
     for p in range(service.bundle.last):
+        if p in service.failed:
+            continue
         spec = service.specs[p][0]
         x = np.zeros(spec.shape, dtype=spec.dtype)
-        service.run_tail(p, x if spec.dtype == "uint8" else x.astype(np.float32))
+        try:
+            service.run_tail(p, x if spec.dtype == "uint8" else x.astype(np.float32))
+        except Exception as exc:
+            service.failed[p] = f"failed at warm-up ({type(exc).__name__}: {exc})"
+            if log is not None:
+                log(
+                    f"carboncp serve: warning: tail p={p} {service.failed[p]}; its model answers 500"
+                )
     service.ready = True
