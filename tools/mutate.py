@@ -45,37 +45,39 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 EQUIVALENTS = REPO / "tools" / "mutation_equivalents.txt"
 REPORT = REPO / "docs" / "MUTATION.md"
+RESULTS = REPO / ".cache" / "mutation-results.json"  # the last full run, for --again
 
 # module file -> (import name, the tests that guard it: fast, no subprocess servers)
 _RT = "tests/runtime/"
 MODULES: dict[str, tuple[str, list[str]]] = {
     "runtime/decision/conformal.py": (
         "carboncp.runtime.decision.conformal",
-        [_RT + "test_conformal.py", _RT + "test_conformal_exact.py", _RT + "test_policy.py"],
+        [_RT + "test_conformal_exact.py", _RT + "test_conformal.py", _RT + "test_policy.py"],
     ),
     "runtime/decision/costs.py": (
         "carboncp.runtime.decision.costs",
-        [_RT + "test_costs.py", _RT + "test_costs_boundaries.py"],
+        [_RT + "test_costs_boundaries.py", _RT + "test_costs.py"],
     ),
     "runtime/decision/policy.py": (
         "carboncp.runtime.decision.policy",
-        [_RT + "test_policy.py", _RT + "test_policy_exact.py"],
+        [_RT + "test_policy_exact.py", _RT + "test_policy.py"],
     ),
     "runtime/decision/table.py": (
         "carboncp.runtime.decision.table",
         [
+            _RT + "test_table_exact.py",
             _RT + "test_cell_index.py",
             _RT + "test_bundle_faults.py",
+            _RT + "test_policy_exact.py",
             _RT + "test_policy.py",
-            _RT + "test_table_exact.py",
         ],
     ),
     "runtime/signals/carbon.py": (
         "carboncp.runtime.signals.carbon",
         [
+            _RT + "test_carbon_boundaries.py",
             _RT + "test_carbon_signals.py",
             _RT + "test_signal_faults.py",
-            _RT + "test_carbon_boundaries.py",
         ],
     ),
 }
@@ -193,8 +195,7 @@ def _short(node: ast.AST) -> str:
     return text if len(text) <= 90 else text[:87] + "..."
 
 
-def enumerate_mutants(path: str) -> list[Mutant]:
-    src = (REPO / path).read_text()
+def enumerate_mutants(path: str, src: str) -> list[Mutant]:
     out: list[Mutant] = []
     seen: Counter[str] = Counter()
     for idx, node, qual, skip in _preorder(ast.parse(src)):
@@ -213,8 +214,9 @@ def enumerate_mutants(path: str) -> list[Mutant]:
     return out
 
 
-def mutant_code(m: Mutant):
-    src = (REPO / m.path).read_text()
+def mutant_code(m: Mutant, src: str):
+    """The mutant compiled from `src`, the module's text read once at the start of its run
+    (others may edit the file meanwhile: every mutant of a run comes from one snapshot)."""
     tree = ast.parse(src)
     for idx, node, _q, _s in _preorder(tree):
         if idx == m.node_index:
@@ -311,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="only mutants whose label contains this text")
     ap.add_argument("--list", action="store_true", help="list the mutants and stop")
     ap.add_argument(
+        "--again",
+        action="store_true",
+        help=f"rerun only the survivors of the last full run ({RESULTS.name}), then report",
+    )
+    ap.add_argument(
         "--plant", metavar="OLD=>NEW", help="with --target/--tests: one hand-written bug (text)"
     )
     ap.add_argument("--report", help=f"write the report here (default {REPORT} for a full run)")
@@ -338,9 +345,17 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.monotonic()
     rows: list[tuple[Mutant, str]] = []
+    previous: dict[str, str] = {}
+    if args.again:
+        import json
+
+        saved = json.loads(RESULTS.read_text())
+        previous = saved["outcomes"]
+        t_start -= saved["elapsed_s"]
     for path, (module, tests) in targets.items():
         tests = [t for t in tests if (REPO / t).is_file()]
-        mutants = enumerate_mutants(path)
+        src = (REPO / path).read_text()
+        mutants = enumerate_mutants(path, src)
         if args.only:
             mutants = [m for m in mutants if args.only in m.label()]
         if args.list:
@@ -354,12 +369,17 @@ def main(argv: list[str] | None = None) -> int:
         base = time.monotonic() - t0
         timeout = max(20.0, 4 * base)
         print(f"{path}: {len(mutants)} mutants; tests {base:.1f} s unmutated", flush=True)
-        for m in mutants:
-            outcome = run_tests(module, mutant_code(m), str(REPO / path), tests, timeout)
+        for i, m in enumerate(mutants, 1):
+            if i % 25 == 0:
+                print(f"  ... {i}/{len(mutants)}", flush=True)
+            if previous.get(m.key, "passed") != "passed":  # killed last time: stays killed
+                rows.append((m, previous[m.key]))
+                continue
+            outcome = run_tests(module, mutant_code(m, src), str(REPO / path), tests, timeout)
             rows.append((m, outcome))
             if outcome == "passed":
                 tag = "EQUIVALENT" if m.key in equivalents else "SURVIVED"
-                print(f"  {tag}: {m.label()}", flush=True)
+                print(f"  {tag}: {m.label()}\n      key: {m.key}", flush=True)
     if args.list:
         return 0
     elapsed = time.monotonic() - t_start
@@ -367,6 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     equiv = [m for m, o in rows if o == "passed" and m.key in equivalents]
     n = len(rows) - len(equiv)
     killed = n - len(survived)
+    if full_run or args.again:
+        import json
+
+        RESULTS.parent.mkdir(exist_ok=True)
+        outcomes = {m.key: o for m, o in rows}
+        RESULTS.write_text(json.dumps({"elapsed_s": elapsed, "outcomes": outcomes}))
+        report = report or REPORT
     if report is not None:
         write_report(report, rows, equivalents, elapsed)
     print(f"{len(rows)} mutants, {len(equiv)} judged equivalent, {len(survived)} survived; "

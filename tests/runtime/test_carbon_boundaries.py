@@ -128,3 +128,71 @@ def test_check_signals() -> None:
     for bad in ([], "average/direct", ["average/nothing"]):
         with pytest.raises(ValueError):
             check_signals(bad)  # type: ignore[arg-type]
+
+
+def test_reading_defaults_and_replay_clock() -> None:
+    import dataclasses
+
+    from carboncp.runtime.signals.carbon import CarbonReading, ReplayClock
+
+    r = CarbonReading("CA-ON", 0.0, NOW, "s", "average", NOW)
+    assert r.replay is False and r.forecast is None and r.basis == "direct"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.gco2_per_kwh = 1.0  # type: ignore[misc]
+    wall = iter([100.0, 110.0, 130.0])
+    clock = ReplayClock(5000.0, wall=lambda: next(wall))
+    assert clock() == 5010.0 and clock() == 5030.0  # speed 1 by default
+    fast = ReplayClock(0.0, speed=60.0, wall=iter([0.0, 2.0]).__next__)
+    assert fast() == 120.0
+
+
+def test_text_numbers_only_where_a_provider_sends_text() -> None:
+    with pytest.raises(PayloadError) as e:
+        check_value("400")
+    assert e.value.reason == "type"
+    assert check_value("400", text_ok=True) == 400.0
+    assert _reason({"zone": "CA-ON", "gco2_per_kwh": "400", "ts": NOW}) == "type"
+    assert _parse({"ba": "X", "moer": "1000", "point_time": NOW}).gco2_per_kwh == pytest.approx(
+        453.59237
+    )  # WattTime documents moer as text
+
+
+def test_forecast_items_must_be_pairs() -> None:
+    doc = {"zone": "CA-ON", "gco2_per_kwh": 10, "ts": NOW}
+    assert _reason({**doc, "forecast": [[NOW, 1.0, 2.0]]}) == "type"
+    assert _reason({**doc, "forecast": [(NOW,)]}) == "type"
+    assert _parse({**doc, "forecast": [[NOW + 60, 1.5]]}).forecast == [(NOW + 60, 1.5)]
+
+
+def _em_history(times: list[float], values: list[float]) -> dict:
+    from datetime import datetime, timezone
+
+    def iso(t: float) -> str:
+        return datetime.fromtimestamp(t, tz=timezone.utc).isoformat()
+
+    return {"zone": "CA-ON", "emissionFactorType": "direct",
+            "history": [{"datetime": iso(t), "carbonIntensity": v}
+                        for t, v in zip(times, values, strict=True)]}  # fmt: skip
+
+
+def test_provider_point_lists_limits_and_the_current_point() -> None:
+    times = [NOW - 3600.0 * (1023 - i) for i in range(1024)]
+    big = {"max_bytes": 1_000_000}
+    r = _parse(_em_history(times, [float(i % 500) for i in range(1024)]), **big)
+    assert r.gco2_per_kwh == 1023 % 500 and r.ts_s == NOW  # the newest not after now
+    assert _reason(
+        _em_history([NOW - 3600.0 * (1024 - i) for i in range(1025)], [1.0] * 1025), **big
+    ) in (
+        "too_large",
+        "stale",
+    )
+    assert _reason(_em_history([NOW - 1.0] * 1025, [1.0] * 1025), **big) == "too_large"
+    # no point in the past: the earliest is current, the later ones are its forecast
+    r = _parse(_em_history([NOW + 3600.0, NOW + 30.0], [7.0, 0.0]))
+    assert (r.gco2_per_kwh, r.ts_s) == (0.0, NOW + 30.0) and r.forecast == [(NOW + 3600.0, 7.0)]
+
+
+def test_uk_payload_off_the_carbon_topics_is_gb() -> None:
+    doc = {"data": [{"from": "2023-11-14T22:13Z", "intensity": {"actual": 0, "forecast": 10}}]}
+    r = parse_carbon_payload("uk/intensity", json.dumps(doc).encode(), NOW + 20)
+    assert (r.zone, r.gco2_per_kwh) == ("GB", 0.0)

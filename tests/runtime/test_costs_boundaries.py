@@ -177,3 +177,62 @@ def test_zero_and_extreme_carbon(i_d: float, i_s: float):
         assert (c.carbon_g[0] == 0).all()
     assert np.isfinite(c.objective).all()
     assert cm.row(ctx, B)[1] == pytest.approx(c.objective[0].tolist(), rel=1e-12)
+
+
+def _zero_device_profile() -> Profile:
+    """A device that costs nothing locally (0 ms, 0 W active): every reference is 0."""
+    return Profile(
+        device_ms=[0.0, 0.0, 0.0], device_ms_p90=[0.0, 0.0, 0.0], server_ms=[20.0, 5.0, 0.0],
+        wire_bytes=[100_000, 50_000, 0], return_bytes=[1000, 1000, 0], p_active_mw=0.0,
+        p_idle_mw=2000.0, radio="wifi", battery_wh=10.0, server_p_marginal_mw=10_000.0,
+    )  # fmt: skip
+
+
+def test_a_zero_reference_drops_its_term_instead_of_dividing_by_zero():
+    cm = CostModel(_zero_device_profile(), Objective(slo_ms=300.0))
+    ref = cm.reference()
+    assert (ref.carbon_g, ref.latency_ms, ref.battery_pct) == (0.0, 0.0, 0.0)
+    assert (cm.wc, cm.wt, cm.wb) == (0.0, 0.0, 0.0)
+    ctx = (B, 10.0, 0.0, 0.0, I_D, I_S, BATTERY)
+    c = cm.evaluate(np.array([ctx]))
+    assert c.objective[0].tolist() == [0.0, 0.0, 0.0] and c.latency_ms[0, 0] > 0
+    assert cm.row(ctx, B)[1] == [0.0, 0.0, 0.0]
+    # a fixed device intensity of 0 g/kWh: the carbon term goes, latency and battery stay
+    ob = Objective(device_carbon="fixed", device_fixed_gco2_per_kwh=0.0, slo_ms=300.0)
+    cm0 = CostModel(_profile(), ob)
+    assert cm0.reference().carbon_g == 0.0 and cm0.wc == 0.0
+    assert cm0.wt == pytest.approx(0.2 / 40.0) and cm0.wb > 0
+    assert np.isfinite(cm0.evaluate(np.array([ctx])).objective).all()
+
+
+def test_the_reference_context_load_slows_the_reference():
+    from carboncp.runtime.decision.objective import DEFAULT_REFERENCE
+
+    ob = Objective(reference={**DEFAULT_REFERENCE, "device_load": 0.5})
+    assert CostModel(_profile(), ob).reference().latency_ms == pytest.approx(60.0)  # 40 × 1.5
+
+
+def test_costs_are_frozen_and_hash_by_identity():
+    import dataclasses
+
+    cm = CostModel(_profile(), Objective())
+    c = cm.evaluate(np.array([(B, 10.0, 0.0, 0.0, I_D, I_S, BATTERY)]))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.latency_ms = c.latency_ms  # type: ignore[misc]
+    assert hash(c) == hash(c) and {c: 1}[c] == 1  # eq=False: identity, arrays never compared
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cm.reference().latency_ms = 1.0  # type: ignore[misc]
+
+
+def test_an_outage_falls_back_even_when_nothing_comes_back():
+    prof = Profile(
+        device_ms=[0.0, 10.0, 40.0], device_ms_p90=[0.0, 12.0, 45.0], server_ms=[20.0, 5.0, 0.0],
+        wire_bytes=[100_000, 50_000, 0], return_bytes=[0, 0, 0], p_active_mw=5000.0,
+        p_idle_mw=2000.0, radio="wifi", battery_wh=10.0, server_p_marginal_mw=10_000.0,
+    )  # fmt: skip
+    cm = CostModel(prof, Objective(slo_ms=300.0))
+    ctx = (0.0, 10.0, 0.0, 0.0, I_D, I_S, BATTERY)
+    c = cm.evaluate(np.array([ctx]))
+    assert c.fallback[0].tolist() == [True, True, False]
+    np.testing.assert_allclose(c.latency_ms[0], [50 + 40, 10 + 50 + 30, 40])
+    assert cm.row(ctx, 0.0)[0] == pytest.approx(c.latency_ms[0].tolist())
