@@ -567,7 +567,7 @@ class EdgeHTTPServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host if isinstance(host, str) else host.decode()}:{port}"
 
 
 def executorch_tails(bundle: Bundle) -> TailFn:
