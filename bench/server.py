@@ -29,9 +29,9 @@ import numpy as np
 class Served:
     """A `carboncp serve` subprocess, ready when constructed."""
 
-    def __init__(self, bundle: Path, workers: int, timeout_s: float = 300.0):
+    def __init__(self, bundle: Path, workers: int, extra: tuple[str, ...] = (), timeout_s=300.0):
         cmd = [sys.executable, "-m", "carboncp.runtime.cli", "serve", str(bundle), "--port", "0"]
-        cmd += ["--max-concurrency", "16", "--workers", str(workers), "--max-body-mb", "64"]
+        cmd += ["--max-concurrency", "16", "--workers", str(workers), "--max-body-mb", "64", *extra]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -101,6 +101,7 @@ def main() -> int:
     ap.add_argument("--p", type=int, default=3, help="partition (default 3: 401,408 bytes)")
     ap.add_argument("--seconds", type=float, default=8.0, help="per measurement")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--worker-threads", type=int, default=None, help="serve --worker-threads")
     ap.add_argument("--clients", default="1,4,16")
     args = ap.parse_args()
     from carboncp.runtime.artifacts.bundle import Bundle
@@ -122,7 +123,8 @@ def main() -> int:
         file=sys.stderr,
     )
     base = Served(path, 0)
-    new = Served(path, args.workers)
+    extra = ("--worker-threads", str(args.worker_threads)) if args.worker_threads else ()
+    new = Served(path, args.workers, extra)
     rows = []
     try:
         for c in counts:

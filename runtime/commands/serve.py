@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "in the server process, where a crashing tail takes the server down)",
     )
     parser.add_argument(
+        "--worker-threads",
+        type=int,
+        default=None,
+        help="XNNPACK threads per worker (default: cores / workers, at least 1)",
+    )
+    parser.add_argument(
         "--max-connections",
         type=int,
         default=None,
@@ -75,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     check_number(args.header_timeout_s, "--header-timeout-s", lo=0, lo_open=True, hi=300)
     if args.workers is not None:
         check_number(args.workers, "--workers", lo=0, hi=256)
+    if args.worker_threads is not None:
+        check_number(args.worker_threads, "--worker-threads", lo=1, hi=256)
     if args.max_connections is not None:
         check_number(args.max_connections, "--max-connections", lo=1, hi=100000)
     token = args.token or os.environ.get("CARBONCP_SERVER_TOKEN") or None
@@ -87,11 +95,8 @@ def run(args: argparse.Namespace) -> int:
     check_consistency(bundle)  # wire sizes = dtype x shape, head out = wire = tail in
     cores = os.cpu_count() or 1
     n_workers = args.workers if args.workers is not None else min(args.max_concurrency, cores)
-    pool = (
-        TailWorkers(bundle, n_workers, num_threads=max(1, cores // n_workers))
-        if n_workers
-        else None
-    )
+    threads = args.worker_threads or max(1, cores // max(1, n_workers))
+    pool = TailWorkers(bundle, n_workers, num_threads=threads) if n_workers else None
 
     def not_loaded(p, x):  # never called: requests are refused with 503 until ready
         raise RuntimeError("tails not loaded yet")
