@@ -64,8 +64,8 @@ def main() -> int:
     ap.add_argument("--p", type=int, default=3, help="partition (default 3: 401,408 bytes)")
     ap.add_argument("--n", type=int, default=200)
     args = ap.parse_args()
-    from carboncp.runtime.link import wire
     from carboncp.runtime.artifacts.bundle import Bundle
+    from carboncp.runtime.link import wire
     from carboncp.runtime.link.offload import OffloadClient
     from carboncp.runtime.link.server import EdgeHTTPServer, TailService
 
