@@ -4,9 +4,16 @@ objective, `carboncp run` settings) and command-line flags (every command)."""
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 from typing import Any
 
 from carboncp.runtime.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
 
 
 def check_number(
@@ -78,3 +85,28 @@ def split_url(url: str, key: str, default_ports: dict[str, int], form: str) -> A
     elif port == 0:
         raise ConfigError(f"{key} {url!r}: port 0 is not a port to connect to; expected {form}")
     return parts, port
+
+
+def read_toml_table(path: str | Path, table: str, missing: str) -> dict[str, Any]:
+    """A TOML file's settings, written at the top level or under [table] (then nothing else).
+
+    Raises:
+        ConfigError: `missing` when there is no such file; invalid TOML; unreadable; another
+            key beside [table].
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(missing) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    if table in data and isinstance(data[table], dict):
+        extra = [k for k in data if k != table]
+        if extra:
+            raise ConfigError(f"{path}: unknown key '{extra[0]}' beside [{table}]")
+        data = data[table]
+    return data

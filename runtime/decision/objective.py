@@ -8,19 +8,13 @@ Changing it means relabelling and recalibrating.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from carboncp.runtime.checks import check_choice, check_number
+from carboncp.runtime.checks import check_choice, check_number, read_toml_table
 from carboncp.runtime.decision.context import CONTEXT_FIELDS
 from carboncp.runtime.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 # Huang et al., "A Close Examination of Performance and Power Characteristics of 4G LTE
 # Networks", MobiSys 2012, uplink power model P = alpha_u * B + beta (mW, B in Mbit/s), as
@@ -190,20 +184,7 @@ def load_objective(path: str | Path | None) -> Objective:
     if path is None:
         return Objective()
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such objective file") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
-    if "objective" in data and isinstance(data["objective"], dict):
-        extra = [k for k in data if k != "objective"]
-        if extra:
-            raise ConfigError(f"{path}: unknown key '{extra[0]}' beside [objective]")
-        data = data["objective"]
+    data = read_toml_table(path, "objective", f"{path}: no such objective file")
     return Objective.from_dict(data, where=str(path))
 
 

@@ -16,18 +16,12 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from carboncp.runtime.checks import check_number
+from carboncp.runtime.checks import check_number, read_toml_table
 from carboncp.runtime.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 MODES = ("A", "M", "R")
 # The table policy's online recalibration (docs/METHOD.md §6.3-6.4; decision/policy.ONLINE).
@@ -112,22 +106,8 @@ KEYS = tuple(f.name for f in fields(RunSettings))
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    if "run" in data and isinstance(data["run"], dict):
-        extra = [k for k in data if k != "run"]
-        if extra:
-            raise ConfigError(f"{path}: unknown key '{extra[0]}' beside [run]")
-        data = data["run"]
-    return data
+    """The run settings in a TOML file (top level or under [run])."""
+    return read_toml_table(path, "run", f"--config {path}: no such file")
 
 
 def load_settings(
