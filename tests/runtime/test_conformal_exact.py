@@ -220,3 +220,46 @@ def test_binned_logit_bins_edges_go_up_and_storage() -> None:
     e = BinnedLogit.from_dict({**d, "weights": [0.1, 0.2, 0.3, 0.4], "intercept": -1.0})
     assert e.logit_row([1.5, 0.0]) == pytest.approx(-1.0 + 0.2 + 0.4)
     assert BinnedLogit.from_dict({"kind": "binned_logit", "edges": [[0.0]]}).intercept == 0.0
+
+
+def test_split_threshold_is_the_kth_smallest_of_large_shuffled_sets() -> None:
+    rng = np.random.default_rng(11)
+    for n in (200, 1001, 5000):
+        s = rng.random(n)
+        for alpha in (0.05, 0.1, 0.33):
+            k = math.ceil((n + 1) * (1 - alpha) - 1e-9)
+            assert split_threshold(s, alpha) == np.sort(s)[k - 1]
+
+
+def test_binned_logit_fit_reaches_the_penalised_optimum() -> None:
+    """Newton's method stops at the minimum of the L2-penalised log-loss: the gradient
+    z'(p − y) + λβ (λ = l2 on the bin weights, 1e-6 on the intercept) vanishes there."""
+    rng = np.random.default_rng(3)
+    clf = BinnedLogit([[0.0, 1.0], [0.5]], l2=0.3)
+    a = np.column_stack([rng.normal(0.0, 1.0, 400), rng.random(400)])
+    b = np.column_stack([rng.normal(0.8, 1.0, 200), rng.random(200) * 0.7])
+    clf.fit(a, b)
+    z = clf._design(np.concatenate([clf.bins(a), clf.bins(b)]))
+    z = np.hstack([z, np.ones((len(z), 1))])
+    y = np.concatenate([np.zeros(400), np.ones(200)])
+    beta = np.concatenate([clf.weights, [clf.intercept]])
+    p = 1 / (1 + np.exp(-(z @ beta)))
+    lam = np.full(beta.size, 0.3)
+    lam[-1] = 1e-6
+    grad = z.T @ (p - y) + lam * beta
+    assert np.abs(grad).max() < 1e-6
+    # the fitted odds follow the data: mean predicted P(test) = share of test contexts
+    assert p.mean() == pytest.approx(200 / 600, abs=1e-3)
+
+
+def test_fresh_classifier_and_weighted_cp_before_any_refit() -> None:
+    assert BinnedLogit([[0.5]]).logit_row([0.2]) == 0.0  # no shift known yet: odds 1
+    d = {"kind": "binned_logit", "edges": [[0.5]], "weights": [0.5, -0.5], "intercept": 0.25}
+    clf = BinnedLogit.from_dict(d)
+    assert clf.l2 == 0.1  # the default regularisation
+    wcp = WeightedCP(clf, np.array([[0], [1]]), np.array([0.1, 0.2]), 0.1)
+    assert wcp.ess == 0.0 and not wcp.ready
+    assert wcp.weight_row([0.9]) == pytest.approx(math.exp(-0.25), rel=1e-15)  # ratio 1
+    assert effective_sample_size([0.1, 0.2, 0.3]) == pytest.approx(36 / 14, rel=1e-12)
+    two = WeightedCP(BinnedLogit([[0.5]]), np.array([[0], [1]]), np.array([0.1, 0.2]), 0.1, 0.5)
+    assert two.refit(np.array([[1], [1], [0]])) > 0 and two.ready  # two calibration points do
