@@ -236,3 +236,59 @@ def test_an_outage_falls_back_even_when_nothing_comes_back():
     assert c.fallback[0].tolist() == [True, True, False]
     np.testing.assert_allclose(c.latency_ms[0], [50 + 40, 10 + 50 + 30, 40])
     assert cm.row(ctx, 0.0)[0] == pytest.approx(c.latency_ms[0].tolist())
+
+
+def test_load_curves_outside_inside_and_at_their_ends_in_both_paths():
+    """A three-point server curve (g_s = 1, 1.5, 3 at v = 0, 0.5, 1) and a device curve:
+    below the first point the first value, above the last the last, linear between."""
+    prof = Profile(
+        device_ms=[0.0, 10.0, 40.0], device_ms_p90=[0.0, 12.0, 45.0], server_ms=[20.0, 5.0, 0.0],
+        wire_bytes=[100_000, 50_000, 0], return_bytes=[1000, 1000, 0], p_active_mw=5000.0,
+        p_idle_mw=2000.0, radio="wifi", battery_wh=10.0, server_p_marginal_mw=10_000.0,
+        device_load_u=[0.0, 0.5, 1.0], device_slowdown_g=[1.0, 2.0, 2.5],
+        server_load_v=[0.0, 0.5, 1.0], server_slowdown_g=[1.0, 1.5, 3.0],
+    )  # fmt: skip
+    cm = CostModel(prof, Objective(slo_ms=None, deadline_ms=5000.0))
+    for v, g_s in [(-0.5, 1.0), (0.0, 1.0), (0.25, 1.25), (0.5, 1.5), (0.75, 2.25), (1.0, 3.0),
+                   (2.0, 3.0)]:  # fmt: skip
+        ctx = (B, 10.0, 0.0, v, I_D, I_S, BATTERY)
+        want = 200 + 10 + 20 * g_s + 2  # partition 0: upload, RTT, tail, return
+        assert cm.row(ctx, B, [0])[0] == [pytest.approx(want, rel=1e-12)], v
+        assert cm.evaluate(np.array([ctx])).latency_ms[0, 0] == pytest.approx(want, rel=1e-12)
+    for u, g_d in [(-1.0, 1.0), (0.0, 1.0), (0.25, 1.5), (1.0, 2.5), (3.0, 2.5)]:
+        ctx = (B, 10.0, u, 0.0, I_D, I_S, BATTERY)
+        assert cm.row(ctx, B, [2])[0] == [pytest.approx(40 * g_d, rel=1e-12)], u
+
+
+def test_a_negative_bandwidth_is_an_outage_in_the_row_path():
+    cm = CostModel(_profile(), Objective(slo_ms=300.0))
+    ctx = (B, 10.0, 0.0, 0.0, I_D, I_S, BATTERY)
+    assert cm.row(ctx, -5.0) == cm.row(ctx, 0.0)
+    assert cm.row(ctx, 0.0)[0] == pytest.approx(
+        cm.evaluate(np.array([ctx]), np.array([0.0])).latency_ms[0].tolist()
+    )
+
+
+def test_local_completion_shorter_than_a_millisecond():
+    # head 1 takes 39.5 of the 40 ms: a fallback there completes in 0.5 ms
+    prof = Profile(
+        device_ms=[0.0, 39.5, 40.0], device_ms_p90=[0.0, 40.0, 45.0], server_ms=[20.0, 5.0, 0.0],
+        wire_bytes=[100_000, 50_000, 0], return_bytes=[1000, 1000, 0], p_active_mw=5000.0,
+        p_idle_mw=2000.0, radio="wifi", battery_wh=10.0, server_p_marginal_mw=10_000.0,
+    )  # fmt: skip
+    cm = CostModel(prof, Objective(slo_ms=300.0, early_abandon_ms=50.0))
+    ctx = (0.0, 10.0, 0.0, 0.0, I_D, I_S, BATTERY)  # an outage: everything remote falls back
+    want = 39.5 + 50.0 + 0.5
+    assert cm.evaluate(np.array([ctx])).latency_ms[0, 1] == pytest.approx(want, rel=1e-12)
+    assert cm.row(ctx, 0.0, [1])[0] == [pytest.approx(want, rel=1e-12)]
+
+
+def test_a_sub_millisecond_device_still_weighs_latency_and_battery():
+    prof = Profile(
+        device_ms=[0.0, 0.25, 0.5], device_ms_p90=[0.0, 0.3, 0.6], server_ms=[20.0, 5.0, 0.0],
+        wire_bytes=[100_000, 50_000, 0], return_bytes=[1000, 1000, 0], p_active_mw=5000.0,
+        p_idle_mw=2000.0, radio="wifi", battery_wh=10.0, server_p_marginal_mw=10_000.0,
+    )  # fmt: skip
+    cm = CostModel(prof, Objective())
+    assert cm.reference().latency_ms == 0.5 and cm.wt == pytest.approx(0.2 / 0.5)
+    assert cm.wb == pytest.approx(0.2 / cm.reference().battery_pct)
