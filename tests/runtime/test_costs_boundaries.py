@@ -292,3 +292,10 @@ def test_a_sub_millisecond_device_still_weighs_latency_and_battery():
     cm = CostModel(prof, Objective())
     assert cm.reference().latency_ms == 0.5 and cm.wt == pytest.approx(0.2 / 0.5)
     assert cm.wb == pytest.approx(0.2 / cm.reference().battery_pct)
+
+
+def test_row_names_the_partitions_outside_the_model():
+    cm = CostModel(_profile(), Objective())
+    ctx = (B, 10.0, 0.0, 0.0, I_D, I_S, BATTERY)
+    with pytest.raises(ValueError, match=r"partitions \[-1, 3\] are outside 0\.\.2"):
+        cm.row(ctx, B, [0, -1, 2, 3])
