@@ -1,7 +1,7 @@
 """Hot paths before and after a change: run benchmarks on a base revision and on this tree,
 interleaved in one run, and print each figure side by side with the ratio.
 
-    python -m bench.revisions --base REV --bundle DIR [--rounds 3] [decision loop]
+    python -m bench.revisions --base REV [--head REV] --bundle DIR [--rounds 3] [decision loop]
 
 The base revision is checked out into a temporary git worktree; its own `bench/` and package
 (under a path shim, ahead of this tree's editable install) run in the same venv, so both
@@ -46,11 +46,11 @@ def bench_args(name: str, bundle: str) -> list[str]:
     return [bundle] if name == "decision" else ["--bundle", bundle, "--n", "40"]
 
 
-def checkout(base: str, into: Path) -> Path:
-    """A detached worktree of `base` at `into`, with a path shim exposing its packages as
+def checkout(rev: str, into: Path) -> Path:
+    """A detached worktree of `rev` at `into`/tree, with a path shim exposing its packages as
     `carboncp.*`; returns the shim folder (to put first on PYTHONPATH)."""
     subprocess.run(
-        ["git", "worktree", "add", "--detach", "-f", str(into / "tree"), base],
+        ["git", "worktree", "add", "--detach", "-f", str(into / "tree"), rev],
         cwd=REPO, check=True, capture_output=True,
     )  # fmt: skip
     shim = into / "shim" / "carboncp"
@@ -58,6 +58,12 @@ def checkout(base: str, into: Path) -> Path:
     for pkg in PACKAGES:
         (shim / pkg).symlink_to(into / "tree" / pkg)
     return into / "shim"
+
+
+def remove_worktree(tree: Path) -> None:
+    subprocess.run(
+        ["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True
+    )
 
 
 def run_once(name: str, bundle: str, cwd: Path, pythonpath: str | None) -> dict[str, float]:
@@ -99,10 +105,9 @@ def compare(
                     if b and h:
                         rows.append((label, statistics.median(b), statistics.median(h)))
         finally:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(Path(tmp) / "tree")],
-                cwd=REPO, capture_output=True,
-            )  # fmt: skip
+            remove_worktree(Path(tmp) / "tree")
+            if head is not None:
+                remove_worktree(Path(tmp_head) / "tree")
     return rows
 
 
@@ -110,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("benches", nargs="*", default=["decision", "loop"], choices=sorted(FIGURES))
     ap.add_argument("--base", required=True, help="git revision to compare against")
+    ap.add_argument("--head", default=None, help="git revision to measure (default: this tree)")
     ap.add_argument("--bundle", required=True, help="a built bundle with a table (carboncp build)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating runs per side (median)")
     args = ap.parse_args(argv)
@@ -118,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(args.bundle) / "manifest.json").is_file():
         ap.error(f"{args.bundle}: no bundle; build one with 'carboncp build'")
     bundle = str(Path(args.bundle).resolve())
-    rows = compare(args.benches, bundle, args.base, args.rounds)
+    rows = compare(args.benches, bundle, args.base, args.rounds, args.head)
     width = max(len(r[0]) for r in rows) if rows else 10
-    print(f"{'figure':<{width}}  {'base ' + args.base[:10]:>16}  {'this tree':>10}  ratio")
+    head = args.head[:10] if args.head else "this tree"
+    print(f"{'figure':<{width}}  {'base ' + args.base[:10]:>16}  {head:>10}  ratio")
     for label, b, h in rows:
         print(f"{label:<{width}}  {b:16.3f}  {h:10.3f}  {h / b if b else float('nan'):5.2f}x")
     return 0
