@@ -86,19 +86,27 @@ def run_once(name: str, bundle: str, cwd: Path, pythonpath: str | None) -> dict[
 
 
 def compare(
-    names: list[str], bundle: str, base: str, rounds: int
+    names: list[str], bundle: str, base: str, rounds: int, head: str | None = None
 ) -> list[tuple[str, float, float]]:
-    """(figure, base median, head median) for every figure of every benchmark."""
+    """(figure, base median, head median) for every figure of every benchmark; head is this
+    working tree unless a revision is given."""
     rows = []
-    with tempfile.TemporaryDirectory(prefix="carboncp-base-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="carboncp-base-") as tmp,
+        tempfile.TemporaryDirectory(prefix="carboncp-head-") as tmp_head,
+    ):
         shim = checkout(base, Path(tmp))
+        head_cwd, head_shim = REPO, None
+        if head is not None:
+            head_shim = str(checkout(head, Path(tmp_head)))
+            head_cwd = Path(tmp_head) / "tree"
         try:
             for name in names:
                 runs: dict[str, list[dict[str, float]]] = {"base": [], "head": []}
                 for r in range(rounds):
                     print(f"[bench.revisions] {name}: round {r + 1}/{rounds}", file=sys.stderr)
                     runs["base"].append(run_once(name, bundle, Path(tmp) / "tree", str(shim)))
-                    runs["head"].append(run_once(name, bundle, REPO, None))
+                    runs["head"].append(run_once(name, bundle, head_cwd, head_shim))
                 for label, _ in FIGURES[name]:
                     b = [f[label] for f in runs["base"] if label in f]
                     h = [f[label] for f in runs["head"] if label in f]
