@@ -10,6 +10,7 @@ Units: ms for times, mW for power (mW * ms = uJ), J, gCO2eq, percent of battery.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -132,6 +133,8 @@ class CostModel:
         self._wc_j = self.wc / J_PER_KWH  # J weight per (gCO2/kWh * J)
         self._wb_j = self.wb * self.soc_k  # J weight per J of device energy (before h)
         self._low, self._bk = float(ob.battery_low_pct), float(ob.battery_k)
+        protect = ob.battery_protect_below_pct
+        self._protect = math.inf if protect is None else float(protect)
         self._gd = _curve(pr.device_load_u, pr.device_slowdown_g)
         self._gs = _curve(pr.server_load_v, pr.server_slowdown_g)
         # Everything row() reads, fixed here and unpacked in one step per call (cheaper than
@@ -159,8 +162,11 @@ class CostModel:
         return self.radio_a * np.clip(bandwidth_mbps, 0.0, self.radio_cap) + self.radio_b
 
     def battery_shape(self, battery_pct: np.ndarray) -> np.ndarray:
+        """h(b) per context: 0 at or above the protection threshold, else
+        1 + max(0, (low - b)/low) * k (docs/METHOD.md §4)."""
         low, k = self.objective.battery_low_pct, self.objective.battery_k
-        return 1.0 + np.maximum(0.0, (low - battery_pct) / low) * k
+        h = 1.0 + np.maximum(0.0, (low - battery_pct) / low) * k
+        return np.where(battery_pct >= self._protect, 0.0, h)
 
     # ---------------------------------------------------------------------------------------
     def evaluate(self, x: np.ndarray, tx_mbps: np.ndarray | None = None) -> Costs:
@@ -293,6 +299,7 @@ class CostModel:
         (p_act, p_idle, p_srv, wasted, dl, early, slo, slack, radio_a, radio_b, radio_cap,
          e_net_uj, wc_j, wb_j, wt, fixed_id, tau_local, low, bk, gd_u, gd_g, gd_seg, gs_v,
          gs_g, gs_seg, specs, all_p) = self._scalar  # fmt: skip
+        protect = self._protect
         bw = bandwidth_mbps if bandwidth_mbps > 0.0 else 0.0
         rtt = ctx[1]
         # g_d(u), g_s(v): np.interp for one value (linear inside, flat outside), written out
@@ -314,7 +321,12 @@ class CostModel:
             v0, g0, dg, dv = gs_seg[bisect_right(gs_v, v)]
             gs = g0 + dg * (v - v0) / dv
         b = ctx[6]
-        h = 1.0 + (low - b) / low * bk if b < low else 1.0
+        if b >= protect:  # the battery term protects a low battery only
+            h = 0.0
+        elif b < low:
+            h = 1.0 + (low - b) / low * bk
+        else:
+            h = 1.0
         i_d = ctx[4] if fixed_id is None else fixed_id
         a = (wc_j * i_d + wb_j * h) * 1e-6  # per uJ of device energy
         c = wc_j * ctx[5] * 1e-6  # per uJ of server (+ network) energy

@@ -54,10 +54,14 @@ DEFAULT_REFERENCE: dict[str, float] = {
 }
 
 DEFAULT_DEADLINE_NO_SLO_MS = 1000.0
+# /2 added battery_protect_below_pct; a /1 objective (no such key) keeps its battery term on
+# at every charge level.
+OBJECTIVE_FORMAT = "carboncp-objective/2"
 DEVICE_CARBON_MODES = ("live", "fixed")
 DEADLINE_RULES = ("fixed", "slack")
 _OPTIONAL = (
     "slo_ms",
+    "battery_protect_below_pct",
     "deadline_ms",
     "early_abandon_ms",
     "server_marginal_mw",
@@ -70,11 +74,17 @@ class Objective:
     """Weights, constraints and physical options of the per-inference objective J.
 
     J(p, x) = w_carbon*C/C_ref + w_latency*T/T_ref + w_battery*dSoC*h(b)/dSoC_ref,
-    with h(b) = 1 + max(0, (battery_low_pct - b)/battery_low_pct) * battery_k.
+    with h(b) = 1 + max(0, (battery_low_pct - b)/battery_low_pct) * battery_k below
+    battery_protect_below_pct and h(b) = 0 at or above it (None: the term acts at any b).
+
+    The default is carbon-first (docs/METHOD.md §4): operational carbon subject to the hard
+    SLO, no latency term, and the battery term only protecting a battery below 30%.
+    Latency and battery weights remain an explicit trade-off (w_latency, w_battery, and
+    battery_protect_below_pct = "off" for a battery term at every charge).
     """
 
     w_carbon: float = 1.0
-    w_latency: float = 0.2
+    w_latency: float = 0.0
     w_battery: float = 0.2
     # Hard latency SLO T_max (ms): partitions above it are infeasible. None = no SLO.
     slo_ms: float | None = 300.0
@@ -94,6 +104,11 @@ class Objective:
     deadline_rule: str = "fixed"
     battery_low_pct: float = 30.0
     battery_k: float = 2.0
+    # The battery term acts only below this state of charge (%): it protects a low battery
+    # and does not trade carbon for battery drain otherwise. None ("off" in TOML): the
+    # battery term acts at every charge level (the objective of bundles built before this
+    # key existed, format carboncp-objective/1).
+    battery_protect_below_pct: float | None = 30.0
     radio: str = "wifi"
     radio_cap_mbps: float = DEFAULT_RADIO_CAP_MBPS
     # Server marginal power override (mW); None = the profile's (measured or its default).
@@ -132,7 +147,11 @@ class Objective:
         return a * min(max(bandwidth_mbps, 0.0), self.radio_cap_mbps) + b
 
     def battery_shape(self, battery_pct: float) -> float:
-        """h(b) >= 1: the battery term's weight grows as the battery empties."""
+        """h(b): 0 at or above battery_protect_below_pct (the term is off there); else >= 1,
+        growing as the battery empties below battery_low_pct."""
+        protect = self.battery_protect_below_pct
+        if protect is not None and battery_pct >= protect:
+            return 0.0
         low = self.battery_low_pct
         return 1.0 + max(0.0, (low - battery_pct) / low) * self.battery_k
 
@@ -143,13 +162,16 @@ class Objective:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["reference"] = dict(self.reference)
-        d["format"] = "carboncp-objective/1"
+        d["format"] = OBJECTIVE_FORMAT
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "objective") -> Objective:
         d = dict(d)
-        d.pop("format", None)
+        if d.pop("format", None) == "carboncp-objective/1":
+            # Stored before the battery threshold existed: its battery term acted at every
+            # charge level. Keep that objective (labels and tables were built for it).
+            d.setdefault("battery_protect_below_pct", None)
         known = {f.name for f in fields(cls)}
         for key in d:
             if key not in known:
@@ -203,6 +225,14 @@ def _validate(o: Objective) -> None:
     for key in ("slo_ms", "deadline_ms", "early_abandon_ms", "server_marginal_mw"):
         _num(o, key, 0.0, lo_open=True, none_ok=True)
     check_number(o.battery_low_pct, "key 'battery_low_pct'", lo=0, hi=100, lo_open=True)
+    check_number(
+        o.battery_protect_below_pct,
+        "key 'battery_protect_below_pct'",
+        lo=0,
+        hi=100,
+        lo_open=True,
+        none_ok=True,
+    )
     _num(o, "radio_cap_mbps", 0.0, lo_open=True)
     check_choice(o.radio, "key 'radio'", RADIO_MODELS)
     check_choice(o.deadline_rule, "key 'deadline_rule'", DEADLINE_RULES)

@@ -34,7 +34,10 @@ CTX = np.array([[8.0, 10.0, 0.0, 0.0, 400.0, 100.0, 80.0]])
 
 
 def test_hand_checked_costs_and_objective() -> None:
-    ob = Objective(w_carbon=1.0, w_latency=0.5, w_battery=0.25, slo_ms=300.0)
+    # The battery term at every charge level (not only below the protection threshold).
+    ob = Objective(
+        w_carbon=1.0, w_latency=0.5, w_battery=0.25, slo_ms=300.0, battery_protect_below_pct=None
+    )
     cm = CostModel(_small_profile(), ob)
     c = cm.evaluate(CTX)
     p_radio = 283.17 * 8 + 132.86  # WiFi, below the 10 Mbit/s cap
@@ -70,9 +73,13 @@ def test_hand_checked_costs_and_objective() -> None:
 
 
 def test_battery_shaping_raises_the_battery_term() -> None:
-    ob = Objective(w_carbon=0.0, w_latency=0.0, w_battery=1.0, battery_low_pct=30, battery_k=2)
+    ob = Objective(
+        w_carbon=0.0, w_latency=0.0, w_battery=1.0, battery_low_pct=30, battery_k=2,
+        battery_protect_below_pct=None,
+    )  # fmt: skip
     cm = CostModel(_small_profile(), ob)
     full = cm.evaluate(CTX).objective[0]
+    assert (full > 0).all()
     low = CTX.copy()
     low[0, 6] = 15.0  # h = 1 + (30 - 15)/30 * 2 = 2
     np.testing.assert_allclose(cm.evaluate(low).objective[0], 2.0 * full)

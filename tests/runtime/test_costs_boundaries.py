@@ -23,6 +23,17 @@ P_RADIO = 283.17 * B + 132.86  # WiFi uplink power at 4 Mbit/s (mW), below the c
 I_D, I_S, BATTERY = 400.0, 100.0, 80.0
 
 
+def _objective(**kw: object) -> Objective:
+    """Latency and battery terms on at every charge level (w = 1, 0.2, 0.2, no battery
+    threshold), so that the hand computations check every term's arithmetic."""
+    base: dict[str, object] = {
+        "w_latency": 0.2,
+        "w_battery": 0.2,
+        "battery_protect_below_pct": None,
+    }
+    return Objective(**{**base, **kw})  # type: ignore[arg-type]
+
+
 def _profile(wire0: float = 100_000.0) -> Profile:
     return Profile(
         device_ms=[0.0, 10.0, 40.0],
@@ -99,7 +110,7 @@ def _fallback_e_d(wasted: float, local: float = 40.0) -> float:
 def test_fixed_deadline_and_early_abandonment_at_the_boundary(
     rtt, latency, fallback, e_d_uj, e_s_j
 ):
-    cm = CostModel(_profile(), Objective(slo_ms=300.0, early_abandon_ms=50.0))
+    cm = CostModel(_profile(), _objective(slo_ms=300.0, early_abandon_ms=50.0))
     _check_p0(cm, rtt, latency, fallback, e_d_uj, e_s_j)
 
 
@@ -116,7 +127,7 @@ def test_fixed_deadline_and_early_abandonment_at_the_boundary(
 def test_slack_deadline_and_early_abandonment_at_the_boundary(
     rtt, latency, fallback, e_d_uj, e_s_j
 ):
-    ob = Objective(slo_ms=300.0, deadline_rule="slack", early_abandon_ms=50.0)
+    ob = _objective(slo_ms=300.0, deadline_rule="slack", early_abandon_ms=50.0)
     _check_p0(CostModel(_profile(), ob), rtt, latency, fallback, e_d_uj, e_s_j)
 
 
@@ -124,7 +135,7 @@ def test_slack_deadline_and_early_abandonment_at_the_boundary(
 def test_slack_rule_under_load_and_an_early_limit_beyond_the_slack(early):
     # load u = 0.5: g = 1.5, local 60 ms, slack deadline 240; early (280) > slack, or off:
     # an upload that cannot make it wastes the slack, 240 ms, and the fallback ends at the SLO
-    ob = Objective(slo_ms=300.0, deadline_rule="slack", early_abandon_ms=early)
+    ob = _objective(slo_ms=300.0, deadline_rule="slack", early_abandon_ms=early)
     cm = CostModel(_profile(), ob)
     fb = _fallback_e_d(240.0, local=60.0)
     _check_p0(cm, 41.0, 300.0, True, fb, OK_E_S, load=0.5)  # arrived (220.5 <= 240)
@@ -136,7 +147,7 @@ def test_slack_rule_under_load_and_an_early_limit_beyond_the_slack(early):
 def test_no_slack_left_means_the_fixed_deadline():
     # SLO 40 ms = the local time exactly: the slack is 0, not a deadline of 0 ms; the fixed
     # deadline (1000 ms) applies and partition 0 completes (232 ms)
-    ob = Objective(slo_ms=40.0, deadline_rule="slack", deadline_ms=1000.0, early_abandon_ms=None)
+    ob = _objective(slo_ms=40.0, deadline_rule="slack", deadline_ms=1000.0, early_abandon_ms=None)
     cm = CostModel(_profile(), ob)
     _check_p0(cm, 10.0, 232.0, False, (2000 + P_RADIO) * 212 + 2000 * 20, OK_E_S)
 
@@ -144,12 +155,12 @@ def test_no_slack_left_means_the_fixed_deadline():
 def test_upload_arriving_exactly_at_the_deadline_was_served():
     # 150 kB: the upload takes exactly 300 ms = the deadline, with RTT 0; the answer is late
     # (tail + return), so the device completes locally, but the server did run the tail.
-    cm = CostModel(_profile(wire0=150_000.0), Objective(slo_ms=300.0, early_abandon_ms=50.0))
+    cm = CostModel(_profile(wire0=150_000.0), _objective(slo_ms=300.0, early_abandon_ms=50.0))
     _check_p0(cm, 0.0, 340.0, True, _fallback_e_d(300.0), OK_E_S)
 
 
 def test_network_energy_of_an_abandoned_upload_counts_only_the_bits_sent():
-    ob = Objective(slo_ms=300.0, early_abandon_ms=50.0, e_net_j_per_bit=1e-7)
+    ob = _objective(slo_ms=300.0, early_abandon_ms=50.0, e_net_j_per_bit=1e-7)
     cm = CostModel(_profile(), ob)
     ctx = (B, 100.5, 0.0, 0.0, I_D, I_S, BATTERY)
     c = cm.evaluate(np.array([ctx]))
@@ -168,7 +179,7 @@ def test_network_energy_of_an_abandoned_upload_counts_only_the_bits_sent():
 def test_zero_and_extreme_carbon(i_d: float, i_s: float):
     """0 g/kWh (real zones report it) prices that side's energy at nothing; 2000 at the top of
     the accepted range stays finite; both paths agree."""
-    cm = CostModel(_profile(), Objective(slo_ms=300.0))
+    cm = CostModel(_profile(), _objective(slo_ms=300.0))
     ctx = (B, 10.0, 0.0, 0.0, i_d, i_s, BATTERY)
     c = cm.evaluate(np.array([ctx]))
     expected = (i_d * c.device_energy_j[0] + i_s * c.server_energy_j[0]) / 3.6e6
@@ -189,7 +200,7 @@ def _zero_device_profile() -> Profile:
 
 
 def test_a_zero_reference_drops_its_term_instead_of_dividing_by_zero():
-    cm = CostModel(_zero_device_profile(), Objective(slo_ms=300.0))
+    cm = CostModel(_zero_device_profile(), _objective(slo_ms=300.0))
     ref = cm.reference()
     assert (ref.carbon_g, ref.latency_ms, ref.battery_pct) == (0.0, 0.0, 0.0)
     assert (cm.wc, cm.wt, cm.wb) == (0.0, 0.0, 0.0)
@@ -198,7 +209,7 @@ def test_a_zero_reference_drops_its_term_instead_of_dividing_by_zero():
     assert c.objective[0].tolist() == [0.0, 0.0, 0.0] and c.latency_ms[0, 0] > 0
     assert cm.row(ctx, B)[1] == [0.0, 0.0, 0.0]
     # a fixed device intensity of 0 g/kWh: the carbon term goes, latency and battery stay
-    ob = Objective(device_carbon="fixed", device_fixed_gco2_per_kwh=0.0, slo_ms=300.0)
+    ob = _objective(device_carbon="fixed", device_fixed_gco2_per_kwh=0.0, slo_ms=300.0)
     cm0 = CostModel(_profile(), ob)
     assert cm0.reference().carbon_g == 0.0 and cm0.wc == 0.0
     assert cm0.wt == pytest.approx(0.2 / 40.0) and cm0.wb > 0
@@ -208,14 +219,14 @@ def test_a_zero_reference_drops_its_term_instead_of_dividing_by_zero():
 def test_the_reference_context_load_slows_the_reference():
     from carboncp.runtime.decision.objective import DEFAULT_REFERENCE
 
-    ob = Objective(reference={**DEFAULT_REFERENCE, "device_load": 0.5})
+    ob = _objective(reference={**DEFAULT_REFERENCE, "device_load": 0.5})
     assert CostModel(_profile(), ob).reference().latency_ms == pytest.approx(60.0)  # 40 × 1.5
 
 
 def test_costs_are_frozen_and_hash_by_identity():
     import dataclasses
 
-    cm = CostModel(_profile(), Objective())
+    cm = CostModel(_profile(), _objective())
     c = cm.evaluate(np.array([(B, 10.0, 0.0, 0.0, I_D, I_S, BATTERY)]))
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.latency_ms = c.latency_ms  # type: ignore[misc]
@@ -230,7 +241,7 @@ def test_an_outage_falls_back_even_when_nothing_comes_back():
         wire_bytes=[100_000, 50_000, 0], return_bytes=[0, 0, 0], p_active_mw=5000.0,
         p_idle_mw=2000.0, radio="wifi", battery_wh=10.0, server_p_marginal_mw=10_000.0,
     )  # fmt: skip
-    cm = CostModel(prof, Objective(slo_ms=300.0))
+    cm = CostModel(prof, _objective(slo_ms=300.0))
     ctx = (0.0, 10.0, 0.0, 0.0, I_D, I_S, BATTERY)
     c = cm.evaluate(np.array([ctx]))
     assert c.fallback[0].tolist() == [True, True, False]
@@ -248,7 +259,7 @@ def test_load_curves_outside_inside_and_at_their_ends_in_both_paths():
         device_load_u=[0.0, 0.5, 1.0], device_slowdown_g=[1.0, 2.0, 2.5],
         server_load_v=[0.0, 0.5, 1.0], server_slowdown_g=[1.0, 1.5, 3.0],
     )  # fmt: skip
-    cm = CostModel(prof, Objective(slo_ms=None, deadline_ms=5000.0))
+    cm = CostModel(prof, _objective(slo_ms=None, deadline_ms=5000.0))
     for v, g_s in [(-0.5, 1.0), (0.0, 1.0), (0.25, 1.25), (0.5, 1.5), (0.75, 2.25), (1.0, 3.0),
                    (2.0, 3.0)]:  # fmt: skip
         ctx = (B, 10.0, 0.0, v, I_D, I_S, BATTERY)
@@ -261,7 +272,7 @@ def test_load_curves_outside_inside_and_at_their_ends_in_both_paths():
 
 
 def test_a_negative_bandwidth_is_an_outage_in_the_row_path():
-    cm = CostModel(_profile(), Objective(slo_ms=300.0))
+    cm = CostModel(_profile(), _objective(slo_ms=300.0))
     ctx = (B, 10.0, 0.0, 0.0, I_D, I_S, BATTERY)
     assert cm.row(ctx, -5.0) == cm.row(ctx, 0.0)
     assert cm.row(ctx, 0.0)[0] == pytest.approx(
@@ -276,7 +287,7 @@ def test_local_completion_shorter_than_a_millisecond():
         wire_bytes=[100_000, 50_000, 0], return_bytes=[1000, 1000, 0], p_active_mw=5000.0,
         p_idle_mw=2000.0, radio="wifi", battery_wh=10.0, server_p_marginal_mw=10_000.0,
     )  # fmt: skip
-    cm = CostModel(prof, Objective(slo_ms=300.0, early_abandon_ms=50.0))
+    cm = CostModel(prof, _objective(slo_ms=300.0, early_abandon_ms=50.0))
     ctx = (0.0, 10.0, 0.0, 0.0, I_D, I_S, BATTERY)  # an outage: everything remote falls back
     want = 39.5 + 50.0 + 0.5
     assert cm.evaluate(np.array([ctx])).latency_ms[0, 1] == pytest.approx(want, rel=1e-12)
@@ -289,13 +300,13 @@ def test_a_sub_millisecond_device_still_weighs_latency_and_battery():
         wire_bytes=[100_000, 50_000, 0], return_bytes=[1000, 1000, 0], p_active_mw=5000.0,
         p_idle_mw=2000.0, radio="wifi", battery_wh=10.0, server_p_marginal_mw=10_000.0,
     )  # fmt: skip
-    cm = CostModel(prof, Objective())
+    cm = CostModel(prof, _objective())
     assert cm.reference().latency_ms == 0.5 and cm.wt == pytest.approx(0.2 / 0.5)
     assert cm.wb == pytest.approx(0.2 / cm.reference().battery_pct)
 
 
 def test_row_names_the_partitions_outside_the_model():
-    cm = CostModel(_profile(), Objective())
+    cm = CostModel(_profile(), _objective())
     ctx = (B, 10.0, 0.0, 0.0, I_D, I_S, BATTERY)
     with pytest.raises(ValueError, match=r"partitions \[-1, 3\] are outside 0\.\.2"):
         cm.row(ctx, B, [0, -1, 2, 3])

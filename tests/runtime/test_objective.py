@@ -101,7 +101,7 @@ def test_radio_model_is_capped_above_the_cap() -> None:
 
 
 def test_battery_shape() -> None:
-    o = Objective(battery_low_pct=40.0, battery_k=3.0)
+    o = Objective(battery_low_pct=40.0, battery_k=3.0, battery_protect_below_pct=None)
     assert o.battery_shape(80.0) == 1.0
     assert o.battery_shape(40.0) == 1.0
     assert o.battery_shape(20.0) == pytest.approx(1.0 + 0.5 * 3.0)
