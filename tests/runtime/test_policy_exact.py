@@ -139,3 +139,69 @@ def test_an_infinite_threshold_is_the_whole_set() -> None:
     t = _table(SCORES, LAT, qhat=INF)
     d = TablePolicy(t, cost_model(), "M", online="split").decide(_ctx(100.0))
     assert d.candidates == tuple(range(7))
+
+
+def test_default_seed_is_zero() -> None:
+    t = _table(SCORES, LAT, qhat=0.5)
+    cm = cost_model()
+    a = TablePolicy(t, cm, "R", online="split")
+    b = TablePolicy(t, cm, "R", online="split", seed=0)
+    ctxs = [_ctx(100.0)] * 30
+    assert [a.decide(c).partition for c in ctxs] == [b.decide(c).partition for c in ctxs]
+
+
+def test_default_seed_from_the_bundle(tmp_path) -> None:
+    from carboncp.runtime.artifacts.bundle import Bundle, register_file, save_manifest
+
+    from tests.support.decision import make_bundle
+
+    t = _table(SCORES, LAT, qhat=0.5)
+    root = make_bundle(tmp_path / "b")
+    b = Bundle.load(root)
+    m = b.manifest
+    for rel in t.save(root):
+        register_file(m, root, rel)
+    m["sections"]["table"] = "table/table.json"
+    save_manifest(root, m)
+    pol = TablePolicy.from_bundle(Bundle.load(root), "R", online="split")
+    ref = TablePolicy(t, pol.cost, "R", online="split", seed=0)
+    ctxs = [_ctx(100.0)] * 30
+    assert [pol.decide(c).partition for c in ctxs] == [ref.decide(c).partition for c in ctxs]
+
+
+def test_cached_sets_of_neighbouring_cells_never_collide() -> None:
+    # at q = 0.5 cell 0 (slow link) keeps all 7 partitions, cell 1 (fast) only partition 0:
+    # the cache must tell (cell 0, 7 members) from (cell 1, 1 member)
+    scores = [[0.0, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5], [0.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]]
+    t = _table(scores, [[10] * 7] * 2, qhat=0.5)
+    pol = TablePolicy(t, cost_model(), "M", online="split")
+    assert pol.decide(_ctx(1.0)).candidates == tuple(range(7))
+    assert pol.decide(_ctx(100.0)).candidates == (0,)
+    assert pol.decide(_ctx(1.0)).candidates == tuple(range(7))
+
+
+def test_a_single_kept_partition_uses_no_randomness() -> None:
+    # cell 0: the guard keeps only partition 0; cell 1: a set of four for mode R
+    t = _table(SCORES, [[100, 900, 900, 900, 900, 900, 900], LAT[1]], qhat=0.5)
+    a = TablePolicy(t, cost_model(), "R", seed=3, online="split")
+    b = TablePolicy(t, cost_model(), "R", seed=3, online="split")
+    assert a.decide(_ctx(1.0)).partition == 0  # the set {0, 5, 6} guarded down to {0}
+    assert [a.decide(_ctx(100.0)).partition for _ in range(20)] == [
+        b.decide(_ctx(100.0)).partition for _ in range(20)
+    ]
+
+
+@pytest.mark.parametrize("slo", [None, 300.0, 10.0])
+def test_mode_a_full_ties_go_to_the_lowest_partition(slo) -> None:
+    t = _table([[0.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]] * 2, [[10] * 7] * 2, qhat=0.5)
+    lat = [400.0, 100.0, 100.0, 100.0, 100.0, 100.0, 100.0]
+    j = [9.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # J, latency and score all tie for 1..6
+    assert TablePolicy(t, _Cost(lat, j, slo), online="split").decide(_ctx(5.0)).partition == 1
+
+
+def test_mode_a_keeps_a_feasible_partition_zero_over_a_faster_one() -> None:
+    t = _table([[0.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]] * 2, [[10] * 7] * 2, qhat=0.5)
+    # 1 is the fastest; 6 the cheapest but it misses the 300 ms SLO; 0 is the cheapest feasible
+    lat = [200.0, 150.0, 350.0, 350.0, 350.0, 350.0, 301.0]
+    j = [1.0, 2.0, 3.0, 3.0, 3.0, 3.0, 0.5]
+    assert TablePolicy(t, _Cost(lat, j, 300.0), online="split").decide(_ctx(5.0)).partition == 0
