@@ -58,6 +58,14 @@ _FLAGS: tuple[tuple[str, type, str], ...] = (
     ("deadline_ms", float, "transfer deadline (default: the bundle objective's)"),
     ("interval_s", float, "pause between inferences"),
     ("device_load", float, "fix the device load u in [0,1] instead of reading /proc"),
+    (
+        "probe_after_s",
+        float,
+        "probe the link (32 KiB to the server, before a decision) when no transfer or probe "
+        "has measured it for this long (default 10); each probe doubles the wait until a "
+        "transfer succeeds",
+    ),
+    ("probe_backoff_max_s", float, "longest wait between probes while backing off (default 300)"),
     ("backend", str, "head runner: litert (default) or executorch"),
     (
         "max_loaded_heads",
@@ -75,6 +83,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument(
         "--float16", action="store_true", default=None, help="send activations as float16"
+    )
+    parser.add_argument(
+        "--no-probe",
+        dest="probe",
+        action="store_false",
+        default=None,
+        help="never probe the link: only transfers measure it (a device that stops offloading "
+        "then keeps its last estimate, e.g. one pulled down by a server stall)",
     )
     parser.add_argument("--quiet", action="store_true", help="no per-inference progress")
 
@@ -120,12 +136,25 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"carboncp run: {n} inferences in {time.monotonic() - t0:.1f} s: "
             f"{c['local']} local, {c['offloaded']} offloaded, {c['fallback']} fell back"
+            + _probe_summary(loop.estimator.probe_cost)
             + (f"; log {settings.log}" if settings.log else "")
         )
         carbon_line = _carbon_summary(loop.carbon)
         if carbon_line:
             print(carbon_line)
     return 0
+
+
+def _probe_summary(cost: object) -> str:
+    """'; N link probes (K KiB, T s, E J, F failed)' when the device probed."""
+    n = getattr(cost, "probes", 0)
+    if not n:
+        return ""
+    return (
+        f"; {n} link probe{'s' if n != 1 else ''} ({getattr(cost, 'bytes', 0) / 1024:.0f} KiB, "
+        f"{getattr(cost, 'time_s', 0.0):.2f} s, {getattr(cost, 'energy_j', 0.0):.3f} J, "
+        f"{getattr(cost, 'failures', 0)} failed)"
+    )
 
 
 def _warn_refusals(carbon: object, warned: set[str]) -> set[str]:

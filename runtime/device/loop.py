@@ -34,7 +34,11 @@ from carboncp.runtime.errors import OffloadError
 from carboncp.runtime.link.offload import OffloadClient, OffloadFailed, OffloadResult
 from carboncp.runtime.power.base import PowerReading, PowerSource
 from carboncp.runtime.power.meter import EnergyMeasurement
-from carboncp.runtime.signals.bandwidth import BandwidthEstimator
+from carboncp.runtime.signals.bandwidth import (
+    DEFAULT_PROBE_BACKOFF_MAX_S,
+    BandwidthEstimator,
+    ProbeOutcome,
+)
 from carboncp.runtime.signals.load import LoadSampler
 
 ABANDON_KINDS = ("timeout", "abandoned")
@@ -81,7 +85,11 @@ class LoopConfig:
     server_zone: str = "server"
     carbon_fallback_gco2_per_kwh: float = 400.0  # when a zone has no usable value at all
     battery_pct: float = 100.0  # starting charge of the modelled battery (no soc_pct source)
-    probe_after_s: float | None = None  # active probe when no offload measured for this long
+    # Active probe when no transfer or probe measured the link for this long (None: never;
+    # `carboncp run` defaults to 10 s); each probe doubles the wait, up to
+    # probe_backoff_max_s, until a transfer succeeds (runtime/signals/bandwidth.py).
+    probe_after_s: float | None = None
+    probe_backoff_max_s: float = DEFAULT_PROBE_BACKOFF_MAX_S
     p_idle_mw: float | None = None  # probe energy; defaults to the profile's idle power
 
 
@@ -112,6 +120,10 @@ class InferenceRecord:
     true_bandwidth_mbps: float | None = None
     # carbon messages refused so far, per reason (docs/FAULTS.md); {} when none or no broker
     carbon_refused: dict[str, int] = field(default_factory=dict)
+    # the bandwidth probe run before this decision, if one ran: bytes, ms, energy_j (counted
+    # in energy_j, model and carbon_g), bandwidth_mbps and rtt_ms measured (None if it failed),
+    # error, next_after_s (its backoff)
+    probe: dict[str, Any] | None = None
     output: np.ndarray | None = field(default=None, repr=False)
 
     def to_json(self) -> str:
@@ -136,6 +148,7 @@ class _Run:
     """What executing one decision produced."""
 
     decision: Decision
+    probe: ProbeOutcome | None = None
     fallbacks: list[str] = field(default_factory=list)
     result: OffloadResult | None = None
     output: np.ndarray | None = None
@@ -274,19 +287,21 @@ class DeviceLoop:
         docs/FAULTS.md): a failed offload finishes locally, a failed head goes to the server."""
         t = _Times(time.perf_counter(), time.monotonic(), time.time())
         self._faults = []
-        probe_ms = self._maybe_probe(t.start)
+        probe = self._maybe_probe()
+        probe_ms = 0.0 if probe is None else (time.perf_counter() - t.start) * 1000.0
         seen, carbon_state = self.read_context()
         decision = self._decide(seen)
         t.decided = time.perf_counter()
-        phases = {"context_decide": (t.decided - t.start) * 1000.0 - (probe_ms or 0.0)}
-        if probe_ms is not None:
-            phases["probe"] = probe_ms  # its bytes/time/energy: estimator.probe_cost
+        phases = {"context_decide": (t.decided - t.start) * 1000.0 - probe_ms}
+        if probe is not None:
+            phases["probe"] = probe_ms  # also in the record's "probe" and estimator.probe_cost
         true_bw = (
             self._guard("true_bandwidth", self.true_bandwidth, None)
             if self.true_bandwidth is not None
             else None
         )
         run = self._execute(x, decision, t, phases)
+        run.probe = probe
         realised = self._realised(seen, run.result, true_bw)
         acct = self._account(run, seen, realised, t.start_mono, phases)
         try:
@@ -304,19 +319,35 @@ class DeviceLoop:
         return rec
 
     # -- decide ---------------------------------------------------------------------------
-    def _maybe_probe(self, t_start: float) -> float | None:
-        """Probe the link when no transfer has measured it for probe_after_s; ms it took."""
+    def _maybe_probe(self) -> ProbeOutcome | None:
+        """Probe the link when no transfer or probe has measured it for the probe interval
+        (probe_after_s, doubling per probe until a transfer succeeds). The probe waits no
+        longer than a transfer would (the deadline, at most 2 s); its energy is the board's
+        idle power plus the radio's at the rate it measured (the estimate's when it failed)."""
         if self.client is None or self.cfg.probe_after_s is None:
             return None
-        p_idle = self.cfg.p_idle_mw or getattr(
-            getattr(self.cost_model, "profile", None), "p_idle_mw", 0.0
+        client, after_s, max_s = self.client, self.cfg.probe_after_s, self.cfg.probe_backoff_max_s
+        timeout_s = max(1e-3, min(2.0, self.cfg.deadline_ms / 1000.0))
+        outcome = self._guard(
+            "probe",
+            lambda: self.estimator.maybe_probe(
+                lambda: client.probe(timeout_s=timeout_s), after_s, self._probe_power_mw, max_s
+            ),
+            None,
         )
-        client, after_s = self.client, self.cfg.probe_after_s
-        if self._guard(
-            "probe", lambda: self.estimator.maybe_probe(client.probe, after_s, p_idle), False
-        ):
-            return (time.perf_counter() - t_start) * 1000.0
-        return None
+        return outcome if isinstance(outcome, ProbeOutcome) else None
+
+    def _probe_power_mw(self, bandwidth_mbps: float | None) -> float:
+        """Board power while probing: idle (p_idle_mw, else the profile's) plus the radio's at
+        the rate measured (the current estimate when the probe measured none)."""
+        prof = getattr(self.cost_model, "profile", None)
+        p_idle = float(self.cfg.p_idle_mw or getattr(prof, "p_idle_mw", 0.0) or 0.0)
+        if self.cost_model is None:
+            return p_idle
+        bw = bandwidth_mbps
+        if bw is None or not math.isfinite(bw):
+            bw = self.estimator.bandwidth_mbps
+        return p_idle + float(self.cost_model.objective.radio_power_mw(bw))
 
     def _decide(self, seen: Context) -> Decision:
         """The policy's decision, checked; a faulty policy or a malformed decision means local."""
@@ -419,10 +450,12 @@ class DeviceLoop:
         """Modelled costs, device energy (measured or modelled), battery and carbon."""
         p, result = run.decision.partition, run.result
         fell_back = bool(run.fallbacks)
-        model = self._guard("cost_model", lambda: self._model(p, realised, fell_back), None)
+        model = self._guard(
+            "cost_model", lambda: self._model(p, realised, fell_back, run.probe), None
+        )
         energy_j, energy_flags = self._guard(
             "energy",
-            lambda: self._energy(t_start_mono, phases, p, result, run.wasted_s, model),
+            lambda: self._energy(t_start_mono, phases, result, run.wasted_s, run.probe),
             (None, ["no_energy"]),
         )
         if energy_j is not None and model is not None and self.cost_model is not None:
@@ -479,6 +512,7 @@ class DeviceLoop:
             carbon_g=acct.carbon_g,
             true_bandwidth_mbps=true_bw,
             carbon_refused=self._carbon_refused(),
+            probe=None if run.probe is None else run.probe.to_record(),
             output=run.output,
         )
 
@@ -518,36 +552,47 @@ class DeviceLoop:
         fallbacks.append("local_full")
         return self.head.run(self.P, x)
 
-    def _model(self, p: int, realised: Context, fell_back: bool) -> dict[str, float] | None:
+    def _model(
+        self, p: int, realised: Context, fell_back: bool, probe: ProbeOutcome | None = None
+    ) -> dict[str, float] | None:
         """The cost model's figures for partition p on the realised context (None without a
         profile). A fallback is modelled as an outage (B = 0): wasted radio time at the
-        deadline plus local completion, the cost docs/METHOD.md §3 charges."""
+        deadline plus local completion, the cost docs/METHOD.md §3 charges. A probe run
+        before the decision adds its device energy (`probe_energy_j`) to device_energy_j,
+        carbon_g (at the device's intensity) and battery_pct; latency_ms and objective stay
+        the partition's own."""
         if self.cost_model is None:
             return None
+        cm = self.cost_model
         row = np.asarray([context_to_row(realised)], dtype=np.float64)
         tx = np.asarray([0.0 if fell_back else realised.bandwidth_mbps])
-        c = self.cost_model.evaluate(row, tx)
+        c = cm.evaluate(row, tx)
+        e_probe = 0.0 if probe is None else probe.energy_j
+        fixed_id = getattr(cm, "fixed_id", None)
+        i_d = realised.device_gco2_per_kwh if fixed_id is None else float(fixed_id)
+        battery_wh = cm.profile.battery_wh
         return {
             "latency_ms": float(c.latency_ms[0, p]),
-            "device_energy_j": float(c.device_energy_j[0, p]),
+            "device_energy_j": float(c.device_energy_j[0, p]) + e_probe,
             "server_energy_j": float(c.server_energy_j[0, p] + c.network_energy_j[0, p]),
-            "carbon_g": float(c.carbon_g[0, p]),
-            "battery_pct": float(c.battery_pct[0, p]),
+            "carbon_g": float(c.carbon_g[0, p]) + i_d * e_probe / J_PER_KWH,
+            "battery_pct": float(c.battery_pct[0, p]) + 100.0 * e_probe / (3600.0 * battery_wh),
             "objective": float(c.objective[0, p]),
             "fallback": float(bool(c.fallback[0, p])),
+            "probe_energy_j": e_probe,
         }
 
     def _energy(
         self,
         t0: float,
         phases: dict[str, float],
-        p: int,
         result: OffloadResult | None,
         wasted_s: float,
-        model: dict[str, float] | None,
+        probe: ProbeOutcome | None = None,
     ) -> tuple[float | None, list[str]]:
-        """Measured device energy over the inference, or modelled from the phases' durations
-        with the profile's powers (flagged 'modelled')."""
+        """Measured device energy over the inference (its window starts before the probe, so
+        a probe's energy is in it), or modelled from the phases' durations with the profile's
+        powers plus the probe's energy (flagged 'modelled')."""
         modelled = None
         cm = self.cost_model
         prof = getattr(cm, "profile", None)
@@ -565,7 +610,7 @@ class DeviceLoop:
                 prof.p_active_mw * compute_ms
                 + (prof.p_idle_mw + p_radio) * radio_ms
                 + prof.p_idle_mw * wait_ms
-            ) * 1e-6
+            ) * 1e-6 + (0.0 if probe is None else probe.energy_j)
         if self.meter is None:
             return modelled, ["modelled", "no_power_source"] if modelled is not None else [
                 "no_energy"

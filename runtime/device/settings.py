@@ -6,7 +6,7 @@ Keys (TOML at the top level or under [run]; CLI flags use dashes):
   carbon_signals, carbon_zone_map, device_zone, server_zone, power, power_rate_hz,
   mode, policy, online, alpha, seed, input, count, interval_s, log, backend, max_loaded_heads,
   local_tail,
-  deadline_ms, float16, device_load, battery_pct, probe_after_s,
+  deadline_ms, float16, device_load, battery_pct, probe, probe_after_s, probe_backoff_max_s,
   shape_trace, shape_scale, shape_rtt_ms
 Every value is checked at start-up; an error names the key and where it came from.
 See deploy/run.example.toml.
@@ -43,7 +43,8 @@ _RANGES: dict[str, dict[str, Any]] = {
     "carbon_wait_s": {"lo": 0, "hi": 60},
     "carbon_max_future_s": {"lo": 0, "hi": 3600},
     "deadline_ms": {"lo": 0, "lo_open": True, "hi": 3_600_000},  # an hour; 1e300 overflows timeouts
-    "probe_after_s": {"lo": 0, "lo_open": True},
+    "probe_after_s": {"lo": 0, "lo_open": True, "hi": 86400},
+    "probe_backoff_max_s": {"lo": 0, "lo_open": True, "hi": 86400},
     "device_load": {"lo": 0, "hi": 1},
     "battery_pct": {"lo": 0, "hi": 100},
     "alpha": {"lo": 0, "hi": 1, "lo_open": True, "hi_open": True},
@@ -96,7 +97,12 @@ class RunSettings:
     float16: bool = False
     device_load: float | None = None  # None = measured from /proc; a number fixes it (emulation)
     battery_pct: float = 100.0
-    probe_after_s: float | None = None
+    # The bandwidth probe (docs/METHOD.md §2): when no transfer or probe has measured the link
+    # for probe_after_s, a 32 KiB probe before the next decision; each probe doubles the wait
+    # (at most probe_backoff_max_s) until a transfer succeeds. probe = false turns it off.
+    probe: bool = True
+    probe_after_s: float = 10.0
+    probe_backoff_max_s: float = 300.0
     shape_trace: str | None = None
     shape_scale: float = 1.0
     shape_rtt_ms: float = 0.0

@@ -447,7 +447,9 @@ class _Handler(BaseHTTPRequestHandler):
         return self._send(200, out, "application/octet-stream", {wire.HEADER_LENGTH: str(head_len)})
 
     def _probe(self) -> None:
-        """The device's active bandwidth probe: read up to PROBE_MAX_BYTES, answer the count."""
+        """The device's active bandwidth probe: read up to PROBE_MAX_BYTES, answer the count.
+        While the tails are still loading it answers 503 like an inference would: a probe
+        tells the device whether offloading works now, not only whether the link carries."""
         if not self._authorised():
             return None
         length = self._announced_length()
@@ -456,6 +458,8 @@ class _Handler(BaseHTTPRequestHandler):
                 413 if length > PROBE_MAX_BYTES else 411,
                 f"probe bodies are 0..{PROBE_MAX_BYTES} bytes",
             )
+        if not self.server.service.ready:
+            return self._refuse(503, "server is still loading its tails", {"Retry-After": "1"})
         n = len(self.rfile.read(length))
         return self._json(200, {"bytes": n})
 

@@ -1,9 +1,9 @@
 """The offload client: deadline, early abandon, every failure an OffloadError with its cost;
-the realised rate under link shaping; the EWMA estimator and the probe's counted cost."""
+the realised rate under link shaping; the probe route (the estimator's window and the probe's
+backoff: test_bandwidth.py)."""
 
 from __future__ import annotations
 
-import math
 import threading
 
 import numpy as np
@@ -169,52 +169,6 @@ def test_shaper_follows_the_trace_in_time():
         LinkShaper(trace, scale=0)
 
 
-def test_ewma_tracks_log_bandwidth_and_rtt():
-    est = BandwidthEstimator(initial_mbps=10.0, initial_rtt_ms=20.0, alpha=0.5)
-    for _ in range(30):
-        est.update(40.0, 5.0)
-    assert est.bandwidth_mbps == pytest.approx(40.0, rel=1e-3)
-    assert est.rtt_ms == pytest.approx(5.0, rel=1e-3)
-    est.update(float("nan"), -1.0)  # ignored
-    assert est.bandwidth_mbps == pytest.approx(40.0, rel=1e-3)
-    est.update(10.0)  # log-average: one step of 0.5 from 40 to 10 gives 20, not 25
-    assert est.bandwidth_mbps == pytest.approx(20.0, rel=1e-6)
-    for _ in range(20):
-        est.update_abandoned(
-            bytes_sent=0, elapsed_s=0.3
-        )  # outage: drives the estimate to the floor
-    assert est.bandwidth_mbps < 0.05
-    with pytest.raises(ValueError):
-        BandwidthEstimator(alpha=0.0)
-
-
-def test_probe_runs_only_when_stale_and_its_cost_is_counted():
-    now = [0.0]
-    est = BandwidthEstimator(clock=lambda: now[0])
-    calls = []
-
-    def probe():
-        calls.append(1)
-        now[0] += 0.01
-        return math.nan, 7.0, 300
-
-    assert est.maybe_probe(probe, probe_after_s=5.0, power_mw=1000.0)  # never measured: probe
-    assert est.rtt_ms < 20.0 and est.probe_cost.bytes == 300
-    assert est.probe_cost.energy_j == pytest.approx(1000.0 / 1000 * 0.01)
-    assert not est.maybe_probe(probe, probe_after_s=5.0)  # fresh: no probe
-    now[0] += 6.0
-    assert est.maybe_probe(probe, probe_after_s=5.0)
-    assert len(calls) == 2 and est.probe_cost.probes == 2
-
-    def failing():
-        now[0] += 0.5
-        raise ConnectionRefusedError("down")
-
-    now[0] += 6.0
-    assert est.maybe_probe(failing, probe_after_s=5.0)
-    assert est.probe_cost.probes == 3 and est.probe_cost.time_s == pytest.approx(0.52)
-
-
 def test_server_url_is_checked(bundle):
     for bad in ("ftp://x:1", "http://", "localhost:8000", "http://h:notaport"):
         with pytest.raises(ConfigError):
@@ -259,6 +213,14 @@ def test_probe_measures_the_shaped_link_and_needs_the_token(bundle):
         assert est.bandwidth_mbps < 50.0 and est.probe_cost.bytes == nbytes
         with pytest.raises(OSError):
             OffloadClient(httpd.url, bundle, token="wrong").probe()
+        svc.ready = False  # warming up: a probe says offloading does not work yet
+        with pytest.raises(OSError, match="503"):
+            client.probe()
+        failed = est.probe_cost.failures
+        est = BandwidthEstimator(initial_mbps=50.0)
+        outcome = est.maybe_probe(client.probe, probe_after_s=1.0)
+        assert outcome is not None and outcome.error == "ConnectionError"
+        assert est.bandwidth_mbps == pytest.approx(50.0) and failed == 0
     finally:
         httpd.shutdown()
         httpd.server_close()
