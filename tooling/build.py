@@ -1,17 +1,21 @@
 """`carboncp build`: export (if needed) -> profile -> replay -> Q_θ (both objectives) ->
-selection -> threshold table -> calibration -> bundle sections 'table' and 'qnet'.
+selection -> threshold table -> calibration -> bundle sections 'table', 'qnet' and 'build'.
 
-Without trace options it uses the slices shipped in carboncp.runtime.data: device zone
-DE-LU (the dirtier grid), server zone GB (cleaner), bandwidth `norway_bus_1` (the fastest
-shipped link, 3G at about 3.3 Mbit/s). On such a link local execution is usually optimal for
-ResNet-18 on a Pi 4 (docs/METHOD.md §9's null scenario): the bundle works, but saves little. Pass
-a faster trace (`--bandwidth`) for a scenario where offloading pays.
+Without trace options it trains and calibrates on the default MIXTURE of the shipped data
+(tooling/mixture.py, docs/TRACES.md "Mixture"): every shipped bandwidth trace at x1, x6,
+x30 and x150 (3G to 5G-like links, outages included) times every ordered pair of shipped
+carbon zones (device side x server side), 300 events each over the slices' eight weeks,
+with the replay's loads and battery. Given traces specialise the bundle: several of each
+may be given, and every combination (device x server x bandwidth x scale) is a component.
+The components are recorded in the bundle's 'build' section (build.json).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +25,13 @@ from carboncp.runtime.decision.conformal import check_alpha
 from carboncp.runtime.errors import BundleError, CarbonCPError, ConfigError
 from carboncp.runtime.signals.traces import shipped_bandwidth_path, shipped_carbon_path
 
+# One representative scenario of the shipped data (bench.decision's fallback contexts); the
+# default BUILD uses the whole mixture (tooling/mixture.py).
 DEFAULT_DEVICE_ZONE = "DE-LU"
 DEFAULT_SERVER_ZONE = "GB"
 DEFAULT_BANDWIDTH = "norway_bus_1"
+BUILD_JSON = "build.json"
+TracesArg = str | Path | Sequence[str | Path] | None
 
 
 def _say(msg: str, progress: bool) -> None:
@@ -32,6 +40,8 @@ def _say(msg: str, progress: bool) -> None:
 
 
 def default_traces() -> tuple[Path, Path, Path]:
+    """One shipped scenario (DE-LU device, GB server, norway_bus_1); not the default build's
+    data, which is the mixture of every shipped zone pair and link (tooling/mixture.py)."""
     return (
         shipped_carbon_path(DEFAULT_DEVICE_ZONE),
         shipped_carbon_path(DEFAULT_SERVER_ZONE),
@@ -78,10 +88,12 @@ def select_q(reports: dict[str, dict[str, float]], alpha: float) -> tuple[str, s
 
 def train_and_compile(
     bundle_path: str | Path,
-    device_carbon: str | Path | None = None,
-    server_carbon: str | Path | None = None,
-    bandwidth: str | Path | None = None,
+    device_carbon: TracesArg = None,
+    server_carbon: TracesArg = None,
+    bandwidth: TracesArg = None,
     *,
+    bandwidth_scales: Sequence[float] | None = None,
+    events_per_component: int | None = None,
     alpha: float = 0.1,
     events_per_hour: int = 12,
     days: float | None = None,
@@ -91,33 +103,41 @@ def train_and_compile(
     q_objective: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Replay, train both Q_θ objectives, keep the better, compile + calibrate the table."""
+    """Replay, train both Q_θ objectives, keep the better, compile + calibrate the table.
+
+    Each trace argument is a path, several paths, or None (every shipped one); every
+    combination, at every bandwidth scale, is a component of the mixture
+    (`tooling.mixture.components`). One component is replayed whole at `events_per_hour`;
+    a mixture gets `events_per_component` events per component (default: 64,800 shared).
+    """
     from carboncp.runtime.decision.costs import cost_model_of
-    from carboncp.tooling.replay import make_replay
+    from carboncp.tooling.mixture import components, make_mixture_replay, summary
     from carboncp.tooling.table_build import DEFAULT_CELL_BUDGET, split_indices
 
     alpha = check_alpha(alpha)
-    d0, s0, b0 = default_traces()
-    device_carbon, server_carbon, bandwidth = (
-        device_carbon or d0,
-        server_carbon or s0,
-        bandwidth or b0,
-    )
+    comps = components(device_carbon, server_carbon, bandwidth, bandwidth_scales)
     bundle = Bundle.load(bundle_path)
     cm = cost_model_of(bundle)
-    _say(
-        f"[build] replay: device {Path(device_carbon).name}, server {Path(server_carbon).name}, bandwidth {Path(bandwidth).name}",
-        progress,
-    )
-    rp = make_replay(
+    if len(comps) == 1:
+        _say(f"[build] replay: {comps[0].describe()}", progress)
+    else:
+        _say(
+            f"[build] replay: a mixture of {len(comps)} components "
+            f"({len({c.device_carbon for c in comps})} device zones x "
+            f"{len({c.server_carbon for c in comps})} server zones x "
+            f"{len({c.bandwidth for c in comps})} links x "
+            f"{len({c.bandwidth_scale for c in comps})} scales)",
+            progress,
+        )
+    rp = make_mixture_replay(
         cm,
-        device_carbon,
-        server_carbon,
-        bandwidth,
+        comps,
         events_per_hour=events_per_hour,
         days=days,
         seed=seed,
+        events_per_component=events_per_component,
     )
+    mix = rp.meta["mixture"]
     tr = split_indices(rp, "train")
     _say(
         f"[build] {len(rp)} events (train {len(tr)}); oracle label counts {np.bincount(rp.label, minlength=cm.P + 1).tolist()}",
@@ -133,22 +153,52 @@ def train_and_compile(
     _say(f"[build] keeping Q_θ[{best}]: {why}", progress)
     bw_level = float(reports[best]["bandwidth_alpha"])
     table = _compile_table(models[best], cm, rp, tr, alpha, bw_level, budget, seed, progress)
+    build = {
+        "device_carbon": _one_or_list(c.device_carbon for c in comps),
+        "server_carbon": _one_or_list(c.server_carbon for c in comps),
+        "bandwidth": _one_or_list(c.bandwidth for c in comps),
+        "bandwidth_scales": sorted({c.bandwidth_scale for c in comps}),
+        "mixture": summary(mix),
+        "alpha": alpha,
+        "events_per_hour": events_per_hour,
+        "events_per_component": mix["events_per_component"],
+        "seed": seed,
+        "replay": {k: v for k, v in rp.meta.items() if k != "mixture"},
+    }
     table.meta.update(
         q_objective=best,
         bandwidth_alpha=bw_level,
         q_selection={"rule": why, "held_out": reports},
-        build={
-            "device_carbon": str(device_carbon),
-            "server_carbon": str(server_carbon),
-            "bandwidth": str(bandwidth),
-            "alpha": alpha,
-            "events_per_hour": events_per_hour,
-            "seed": seed,
-            "replay": rp.meta,
-        },
+        build=build,
     )
     _write_table_and_qnet(bundle.path, table, models[best], progress)
+    _write_build_section(bundle.path, build, mix)
     return {"table": table, "selected": best, "reports": reports, "replay": rp}
+
+
+def _one_or_list(paths: Any) -> str | list[str]:
+    """One path as a string (what bundles built on one scenario always recorded), else a list."""
+    uniq = list(dict.fromkeys(str(p) for p in paths))
+    return uniq[0] if len(uniq) == 1 else uniq
+
+
+def _write_build_section(bundle_path: Path, build: dict[str, Any], mixture: dict[str, Any]) -> None:
+    """The 'build' section (build.json): what the bundle was trained and calibrated on, every
+    mixture component with its events and the bandwidth it covered."""
+    from carboncp.runtime.artifacts.bundle import MANIFEST, register_file, save_manifest
+
+    root = Path(bundle_path)
+    doc = {
+        "format": "carboncp-build/1",
+        **{k: v for k, v in build.items() if k != "replay"},
+        "components": mixture["components"],
+    }
+    (root / BUILD_JSON).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    with open(root / MANIFEST, encoding="utf-8") as f:
+        manifest = json.load(f)
+    register_file(manifest, root, BUILD_JSON)
+    manifest.setdefault("sections", {})["build"] = BUILD_JSON
+    save_manifest(root, manifest)
 
 
 def _compile_table(
@@ -269,9 +319,9 @@ def build_bundle(
     model: str = "resnet18",
     out: str | Path = "models/bundles/resnet18",
     device_profile: str = "rpi4",
-    device_carbon: str | Path | None = None,
-    server_carbon: str | Path | None = None,
-    bandwidth: str | Path | None = None,
+    device_carbon: TracesArg = None,
+    server_carbon: TracesArg = None,
+    bandwidth: TracesArg = None,
     alpha: float = 0.1,
     objective: str | Path | None = None,
     progress: bool = True,
@@ -283,7 +333,7 @@ def build_bundle(
 ) -> Path:
     """The whole pipeline; reuses a valid bundle of the same model at `out`."""
     alpha = check_alpha(alpha)
-    if (device_carbon is None) != (server_carbon is None):
+    if (not device_carbon) != (not server_carbon):
         raise CarbonCPError("give both --device-carbon and --server-carbon, or neither")
     out = Path(out)
     t0 = time.monotonic()

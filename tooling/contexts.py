@@ -64,6 +64,8 @@ class Replay:
     splits: dict[str, np.ndarray]  # 'train', 'cal', 'test' index arrays, chronological
     meta: dict[str, Any] = field(default_factory=dict)
     bandwidth_pos_s: np.ndarray | None = None  # (N,) where in the looped trace each event read
+    # (N,) the mixture component of each event (tooling/mixture.py); None for one replay
+    component: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.t_s)
