@@ -59,9 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     # the shipped slices: the set sizes, and so mode A's work, depend on the scenario.
     built = pol.table.meta.get("build", {})
     traces = [built.get(k) for k in ("device_carbon", "server_carbon", "bandwidth")]
-    if not all(t and Path(t).is_file() for t in traces):
-        traces = list(default_traces())
-    rp = make_replay(cm, *traces, days=7)
+    if all(isinstance(t, str) and Path(t).is_file() for t in traces):
+        rp = make_replay(cm, *traces, days=7)
+    elif all(isinstance(t, (str, list)) for t in traces):
+        # A mixture (the default build): a week of each component, 2000+ events in all.
+        from carboncp.tooling.mixture import components, make_mixture_replay
+
+        paths = [[t] if isinstance(t, str) else t for t in traces]
+        if not all(Path(p).is_file() for ps in paths for p in ps):
+            paths = [[str(t)] for t in default_traces()]
+        comps = components(*paths, built.get("bandwidth_scales"))
+        n = max(10, -(-2000 // len(comps)))
+        rp = make_mixture_replay(cm, comps, days=7, events_per_component=n)
+    else:
+        rp = make_replay(cm, *default_traces(), days=7)
     rows = [tuple(r) for r in rp.x_seen[:2000].tolist()]
     ctxs = [Context(*r) for r in rows]
     realised = [Context(*r) for r in rp.x_true[:2000].tolist()]

@@ -125,6 +125,9 @@ class Scenario:
             "events_per_hour": self.events_per_hour,
             "seed": self.seed,
             "replay": rp.meta,
+            # What the bundle was trained and calibrated on (its 'build' section summary:
+            # zones, links, scales, events; build.json lists every component).
+            "bundle_built_on": (bundle.section("build") or {}).get("mixture"),
         }
 
 

@@ -111,6 +111,16 @@ def _show(bundle: Any, args: argparse.Namespace) -> None:
         print("  " + line)
     sections = m.get("sections", {})
     print("\nsections " + (", ".join(f"{k} ({v})" for k, v in sections.items()) or "none"))
+    built = bundle.section("build") if "build" in sections else None
+    if isinstance(built, dict) and isinstance(built.get("mixture"), dict):
+        mix = built["mixture"]
+        print(
+            f"built on {mix.get('n_components')} component(s), {mix.get('n_events')} events: "
+            f"device zones {', '.join(map(str, mix.get('device_zones', [])))}; server zones "
+            f"{', '.join(map(str, mix.get('server_zones', [])))}; links "
+            f"{', '.join(map(str, mix.get('bandwidth_traces', [])))} at x"
+            f"{', x'.join(f'{k:g}' for k in mix.get('bandwidth_scales', []))} (build.json)"
+        )
     status = "verified" if not args.no_verify else "not verified (--no-verify)"
     print(
         f"files    {len(m['files'])}, {sum(f['bytes'] for f in m['files'].values()):,} bytes, {status}"

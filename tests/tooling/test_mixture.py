@@ -199,3 +199,9 @@ def test_a_mixture_build_records_its_components(tmp_path) -> None:
     assert meta["mixture"]["n_components"] == 8 and meta["bandwidth"] == [str(a), str(b)]
     assert meta["server_carbon"] == str(gb)
     assert json.loads((root / "build.json").read_text())["bandwidth_scales"] == [1.0, 30.0]
+    # ... and `evaluate` says what the bundle was built on.
+    from carboncp.tooling.evaluate import evaluate
+
+    m = evaluate(root, de, gb, a, tmp_path / "eval", days=7, plots=False, progress=False)
+    built = m["scenario"]["bundle_built_on"]
+    assert built["n_components"] == 8 and built["bandwidth_scales"] == [1.0, 30.0]
