@@ -39,8 +39,17 @@ def resnet18_profile(device_scale: float = 1.0) -> Profile:
     )
 
 
-def cost_model(slo_ms: float = 300.0, device_scale: float = 1.0) -> CostModel:
-    return CostModel(resnet18_profile(device_scale), Objective(slo_ms=slo_ms))
+# The weights that were the default before the carbon-first objective (issue 9): latency and
+# battery traded against carbon at every charge level. Tests whose scenarios were chosen
+# under them (e.g. a non-degenerate conformal threshold) keep them explicitly.
+TRADEOFF = {"w_latency": 0.2, "w_battery": 0.2, "battery_protect_below_pct": None}
+
+
+def cost_model(
+    slo_ms: float = 300.0, device_scale: float = 1.0, tradeoff: bool = False
+) -> CostModel:
+    kw = TRADEOFF if tradeoff else {}
+    return CostModel(resnet18_profile(device_scale), Objective(slo_ms=slo_ms, **kw))  # type: ignore[arg-type]
 
 
 def small_replay(
@@ -129,14 +138,16 @@ def trained(
     days: float = 21,
     objective: str = "ce",
     epochs: int = 8,
+    tradeoff: bool = False,
 ):
-    """(cost model, replay, Q_θ, uncalibrated table) on the shipped slices; cached per session."""
+    """(cost model, replay, Q_θ, uncalibrated table) on the shipped slices; cached per session.
+    `tradeoff`: the pre-carbon-first weights (`TRADEOFF`) instead of the default objective."""
     from carboncp.tooling.qnet import train_q
     from carboncp.tooling.table_build import build_table, split_indices
 
-    key = (device_zone, server_zone, bandwidth_scale, days, objective, epochs)
+    key = (device_zone, server_zone, bandwidth_scale, days, objective, epochs, tradeoff)
     if key not in _CACHE:
-        cm = cost_model()
+        cm = cost_model(tradeoff=tradeoff)
         rp = small_replay(cm, device_zone, server_zone, days=days, bandwidth_scale=bandwidth_scale)
         q = train_q(rp, cm.profile, objective, max_epochs=epochs, progress=False)
         table = build_table(q.q, cm, rp.x_seen[split_indices(rp, "train")], slo_ms=cm.slo)
