@@ -16,6 +16,14 @@ every record ("carbon_refused"), named on stderr the first time a reason occurs,
 the exit summary. --shape-trace paces the offload link to a bandwidth trace
 (a file, or a shipped trace name) scaled by --shape-scale, to emulate a device link on one
 machine. Without --broker the carbon intensities are fixed (carbon_fallback_gco2_per_kwh).
+
+The link estimate comes from the device's own transfers over a sliding window; when no
+transfer or probe has measured the link for --probe-after-s (10 s), the device probes it
+(32 KiB to the server) before its next decision, doubling the wait after each probe (at most
+--probe-backoff-max-s, 300 s) until a transfer succeeds, so that it finds the link again after
+a server stall or an outage. Each probe's bytes, time and energy are in that inference's
+record ("probe") and modelled energy and carbon; the exit summary sums them. --no-probe turns
+probing off.
 """
 
 from __future__ import annotations

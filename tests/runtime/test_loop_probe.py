@@ -136,3 +136,31 @@ def test_the_probe_is_in_the_record_and_in_the_modelled_energy_and_carbon(bundle
     assert dc == pytest.approx(400.0 * p["energy_j"] / 3.6e6)
     assert first.energy_j >= p["energy_j"]  # the modelled device energy includes it
     assert loop.estimator.probe_cost.energy_j == pytest.approx(p["energy_j"])
+
+
+def test_run_settings_turn_the_probe_on_by_default_and_off_with_no_probe(tiny_bundle):
+    from carboncp.runtime.commands.run import add_arguments
+    from carboncp.runtime.device.settings import KEYS, load_settings
+    from carboncp.runtime.device.wiring import open_device
+    from carboncp.runtime.errors import ConfigError
+
+    base = {"bundle": str(tiny_bundle), "server": "http://127.0.0.1:9", "policy": "local"}
+    s = load_settings(None, base)
+    assert (s.probe, s.probe_after_s, s.probe_backoff_max_s) == (True, 10.0, 300.0)
+    with open_device(s) as device:
+        assert device.loop.cfg.probe_after_s == 10.0
+        assert device.loop.cfg.probe_backoff_max_s == 300.0
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--no-probe", "--probe-backoff-max-s", "60"])
+    flags = {k: getattr(args, k) for k in KEYS if getattr(args, k, None) is not None}
+    s = load_settings(None, {**base, **flags})
+    assert s.probe is False and s.probe_backoff_max_s == 60.0
+    with open_device(s) as device:
+        assert device.loop.cfg.probe_after_s is None
+    assert parser.parse_args([]).probe is None  # absent: the config file's or the default
+    for bad in ({"probe_after_s": 0}, {"probe_backoff_max_s": -1}, {"probe": "maybe"}):
+        with pytest.raises(ConfigError, match="probe"):
+            load_settings(None, {**base, **bad})
