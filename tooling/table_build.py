@@ -33,7 +33,12 @@ from carboncp.runtime.decision.conformal import (
     upper_bound_offset,
 )
 from carboncp.runtime.decision.context import CONTEXT_FIELDS
-from carboncp.runtime.decision.table import LATENCY_FEATURES, TABLE_JSON, Table
+from carboncp.runtime.decision.table import (
+    LATENCY_FEATURES,
+    TABLE_JSON,
+    Table,
+    quantile_levels,
+)
 
 # Physical sweep ranges per feature (CONTEXT_FIELDS order) and whether the axis is log.
 RANGES: list[tuple[float, float, bool]] = [
@@ -49,6 +54,9 @@ RANGES: list[tuple[float, float, bool]] = [
 MAX_BINS = [20, 3, 6, 3, 10, 10, 4]
 DEFAULT_CELL_BUDGET = 12000
 BW_FLOOR_MBPS = 0.01
+# Quantiles of log(B_real / B̂) stored for mode A's expected-J rule (docs/METHOD.md §7): the
+# midpoints of this many equal-probability bins.
+N_BANDWIDTH_QUANTILES = 9
 
 # Fixed edges of the weighted-CP classifier (storable; finer than the table on carbon,
 # where zones differ). Bandwidth on a log grid.
@@ -181,8 +189,16 @@ def calibrate(
     *,
     bandwidth_alpha: float | None = None,
     max_cal: int = 6000,
+    keep_support: bool = False,
 ) -> Table:
-    """Set q̂, the guard offsets, the bandwidth bound and the WCP data from calibration events."""
+    """Set q̂, the guard offsets, the bandwidth bound and quantiles, the support and the WCP
+    data from calibration events.
+
+    The support (per binned feature, the range of the calibration contexts) says where the
+    table's scores were calibrated; `keep_support` leaves the table's support as it is (the
+    evaluation recalibrates q̂ on other traces, but the scores stay the build's; a table
+    without a support keeps none).
+    """
     alpha = check_alpha(alpha)
     bw_alpha = check_alpha(alpha if bandwidth_alpha is None else bandwidth_alpha, "bandwidth_alpha")
     cells = table.cells(x_seen)
@@ -198,6 +214,9 @@ def calibrate(
         np.maximum(x_seen[:, 0], BW_FLOOR_MBPS)
     )
     table.bandwidth_log_lower = lower_bound_offset(r_bw, bw_alpha)
+    table.bandwidth_log_quantiles = bandwidth_quantiles(r_bw)
+    if not keep_support:
+        table.support = support_bounds(table, x_seen)
     keep = slice(max(0, len(s) - max_cal), len(s))  # the most recent calibration events
     clf = BinnedLogit(CLASSIFIER_EDGES)
     table.cal_scores = s[keep].astype(np.float32)
@@ -210,6 +229,30 @@ def calibrate(
         "bandwidth_alpha": bw_alpha,
     }
     return table
+
+
+def bandwidth_quantiles(r_bw: np.ndarray, k: int = N_BANDWIDTH_QUANTILES) -> np.ndarray:
+    """(k,) quantiles of the residuals log(B_real / B̂) at the levels (i + 1/2)/k (numpy's
+    linear interpolation): mode A's predictive distribution of the link, equally weighted."""
+    r = np.asarray(r_bw, dtype=np.float64)
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return np.zeros(k)
+    return np.maximum.accumulate(np.quantile(r, quantile_levels(k)))
+
+
+def support_bounds(table: Table, x_seen: np.ndarray) -> np.ndarray:
+    """(2, 7): per feature the lowest and highest calibration context value, for the
+    features the table bins (a feature with one bin gets (-inf, inf): its scores do not
+    vary along it, and a constant replay value, like the seen RTT, says nothing of reach)."""
+    x = np.asarray(x_seen, dtype=np.float64)
+    out = np.stack([np.full(x.shape[1], -np.inf), np.full(x.shape[1], np.inf)])
+    if len(x) == 0:
+        return out
+    for f, e in enumerate(table.edges):
+        if e:
+            out[0, f], out[1, f] = np.nanmin(x[:, f]), np.nanmax(x[:, f])
+    return out
 
 
 def calibrate_from_replay(table: Table, replay: Any, split: str, alpha: float, **kw: Any) -> Table:

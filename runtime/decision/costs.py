@@ -375,6 +375,123 @@ class CostModel:
             raise ValueError(f"partitions {bad} are outside 0..{self.P}") from None
         return lat, obj
 
+    def row_expected(
+        self,
+        ctx: tuple[float, ...],
+        bandwidths: Sequence[float],
+        latency_mbps: float,
+        partitions: Sequence[int] | None = None,
+    ) -> tuple[list[float], list[float]]:
+        """(latency_ms at `latency_mbps`, mean J over `bandwidths`) for one context; pure Python.
+
+        Mode A's expected-J rule (docs/METHOD.md §7): J(p) averaged over the link's predictive
+        distribution, given as equally likely transfer rates (B̂·exp(r_k)), and the latency at
+        one pessimistic rate for the SLO. Entry i of the mean is
+        sum(J_k for k in order) / K with every J_k the same float as
+        `row(ctx, bandwidths[k], partitions)`'s (the same operations; outages and early
+        abandonment priced as there); the latency is `row(ctx, latency_mbps)`'s. The local
+        partition (p = P) does not depend on the link and is priced once.
+
+        Parameters:
+            ctx: one context in CONTEXT_FIELDS order (ctx[0] is not read).
+            bandwidths: the K >= 1 equally likely transfer rates (Mbit/s; <= 0 is an outage).
+            latency_mbps: the rate the returned latencies are computed at.
+            partitions: the partitions to price, or None for 0..P.
+
+        Returns:
+            (latency_ms, mean J): two lists aligned with `partitions` (or 0..P).
+
+        Raises:
+            ValueError: a partition is outside 0..P, or `bandwidths` is empty.
+        """
+        (p_act, p_idle, p_srv, wasted, dl, early, slo, slack, radio_a, radio_b, radio_cap,
+         e_net_uj, wc_j, wb_j, wt, fixed_id, tau_local, low, bk, gd_u, gd_g, gd_seg, gs_v,
+         gs_g, gs_seg, specs, all_p) = self._scalar  # fmt: skip
+        n = len(bandwidths)
+        if n == 0:
+            raise ValueError("row_expected needs at least one bandwidth")
+        rtt = ctx[1]
+        u = ctx[2]
+        if u <= gd_u[0]:
+            gd = gd_g[0]
+        elif u >= gd_u[-1]:
+            gd = gd_g[-1]
+        else:
+            u0, g0, dg, du = gd_seg[bisect_right(gd_u, u)]
+            gd = g0 + dg * (u - u0) / du
+        v = ctx[3]
+        if v <= gs_v[0]:
+            gs = gs_g[0]
+        elif v >= gs_v[-1]:
+            gs = gs_g[-1]
+        else:
+            v0, g0, dg, dv = gs_seg[bisect_right(gs_v, v)]
+            gs = g0 + dg * (v - v0) / dv
+        b = ctx[6]
+        h = 0.0 if b >= self._protect else (1.0 + (low - b) / low * bk if b < low else 1.0)
+        i_d = ctx[4] if fixed_id is None else fixed_id
+        a = (wc_j * i_d + wb_j * h) * 1e-6
+        c = wc_j * ctx[5] * 1e-6
+        if slack:
+            slack_ms = slo - tau_local * gd
+            if slack_ms > 0.0:
+                dl = slack_ms
+                wasted = slack_ms if early is None or early > slack_ms else early
+        # The latency's rate first, then the K rates: (bw, radio + idle power) each.
+        links = []
+        for r in (latency_mbps, *bandwidths):
+            bw = r if r > 0.0 else 0.0
+            links.append((bw, p_idle + radio_a * (bw if bw < radio_cap else radio_cap) + radio_b))
+        lat: list[float] = []
+        obj: list[float] = []
+        try:
+            for p in all_p if partitions is None else partitions:
+                spec = specs[p]
+                if spec is None:  # p = P: all local, the same at every rate
+                    t = tau_local * gd
+                    lat.append(t)
+                    j = a * p_act * t + wt * t
+                    total = 0.0
+                    for _ in range(n):
+                        total += j
+                    obj.append(total / n)
+                    continue
+                tau_d, tau_s, up_k, ret_k, rest, bits, e_net_ok = spec
+                t_d = tau_d * gd
+                t_s = tau_s * gs
+                total = 0.0
+                first = True
+                for bw, p_tx in links:
+                    if bw > 0.0:
+                        up = up_k / bw
+                        tx = up + rtt + ret_k / bw
+                        t_off = tx + t_s
+                    else:
+                        up = t_off = tx = _INF
+                    if t_off <= dl:
+                        t = t_d + t_off
+                        e_d = p_act * t_d + p_tx * tx + p_idle * t_s
+                        e_s = p_srv * t_s + e_net_ok
+                    else:
+                        t_rest = rest * gd
+                        w = wasted if up + rtt > dl else dl
+                        t = t_d + w + t_rest
+                        e_d = p_act * (t_d + t_rest) + p_tx * w
+                        sent = bw * 1e3 * w
+                        e_s = (p_srv * t_s if up + 0.5 * rtt <= w else 0.0) + e_net_uj * (
+                            bits if bits < sent else sent
+                        )
+                    if first:  # the latency's rate
+                        lat.append(t)
+                        first = False
+                    else:
+                        total += a * e_d + c * e_s + wt * t
+                obj.append(total / n)
+        except KeyError:
+            bad = [p for p in partitions or () if p not in specs]
+            raise ValueError(f"partitions {bad} are outside 0..{self.P}") from None
+        return lat, obj
+
     def row_objective(
         self,
         ctx: tuple[float, ...],

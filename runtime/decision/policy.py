@@ -3,14 +3,20 @@
 
 The per-decision path is pure Python over lists prepared at load (no numpy per call); the
 set and guard of a cell at a set size are computed once and looked up after, and mode A
-prices only the partitions that survive the guard (`CostModel.row` with a subset).
+prices only the partitions that survive the guard (`CostModel.row_expected` with a subset).
+
+Mode A is risk-neutral inside the set (docs/METHOD.md §7): among the kept partitions whose
+live latency at the pessimistic bandwidth B̂·exp(lower) meets the SLO, the one with the least
+J averaged over B̂·exp(r_k), r_k the K quantiles of log(B_real / B̂) the table stores, blended
+with a sliding window of the residuals the device observes (`ResidualWindow`). A context
+outside the table's calibration support is decided by the same rule over every partition.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from bisect import bisect_right
+from bisect import bisect_right, insort
 from collections import deque
 from typing import Any, NamedTuple
 
@@ -22,6 +28,10 @@ from carboncp.runtime.errors import BundleError, ConfigError
 
 MODES = ("A", "M", "R")
 ONLINE = ("aci", "weighted", "split")
+BANDWIDTH_RULES = ("expected", "lower")
+RESIDUAL_WINDOW = 200  # observed log(B_real / B̂) residuals mode A's quantiles blend in
+BW_FLOOR_MBPS = 0.01  # residuals are taken of rates floored here (as the table's build does)
+OUT_OF_SUPPORT = "out_of_support"
 _CACHE_MAX = 50_000  # cached sets (cells seen x set sizes); cleared when full
 
 
@@ -45,9 +55,12 @@ class TablePolicy:
     <= the threshold), then the SLO guard (keeps the partitions whose conformal latency upper
     bound meets the SLO; when none would, the whole set is kept and the decision is flagged
     "slo_guard_relaxed"). When two or more partitions survive, `mode` picks one:
-    "A" the lowest live J (`CostModel.row`) among those meeting the SLO at the conformal lower
-    bound of the bandwidth (the fastest when none does; ties to the lowest score), "M" the
-    lowest table score, "R" one uniformly at random.
+    "A" the lowest expected live J (`CostModel.row_expected`, J averaged over the bandwidth
+    quantiles B̂·exp(r_k)) among those whose live latency at the conformal lower bound of the
+    bandwidth meets the SLO (the fastest there when none does; ties to the lowest score), "M"
+    the lowest table score, "R" one uniformly at random. A context outside the table's
+    calibration support (`Table.support`) is flagged "out_of_support"; mode A then applies
+    its rule to every partition, not to the table's set.
 
     online: "aci" (default; α_t adapts from each realised context), "weighted" (weighted CP
     from a window of recent contexts, falling back to ACI while its ESS is below the floor
@@ -66,11 +79,19 @@ class TablePolicy:
         gamma: ACI step size in (0, 1).
         window: how many recent contexts weighted CP fits its weights on.
         refit_every: observations between two weighted-CP refits.
-        known_bandwidth: mode A prices at the seen bandwidth instead of its lower bound.
+        known_bandwidth: mode A prices at the seen bandwidth only (it is the realised one:
+            the evaluation's known-bandwidth bound); no residual window.
+        bandwidth_rule: "expected" (default: mean J over the bandwidth quantiles) or "lower"
+            (the old rule: J at the single pessimistic bandwidth, kept for comparison). A
+            table without quantiles (an older bundle) uses "lower" and sets
+            `bandwidth_fallback`.
+        residual_window: how many observed residuals log(B_real / B̂) the quantiles blend in
+            (0: the table's quantiles only).
 
     Raises:
-        ConfigError: `mode`, `online`, `alpha` or `gamma` is invalid, or (online="weighted")
-            the table's weighted-CP classifier does not load.
+        ConfigError: `mode`, `online`, `alpha`, `gamma`, `bandwidth_rule` or
+            `residual_window` is invalid, or (online="weighted") the table's weighted-CP
+            classifier does not load.
     """
 
     def __init__(
@@ -86,7 +107,13 @@ class TablePolicy:
         window: int = 500,
         refit_every: int = 100,
         known_bandwidth: bool = False,
+        bandwidth_rule: str = "expected",
+        residual_window: int = RESIDUAL_WINDOW,
     ):
+        if bandwidth_rule not in BANDWIDTH_RULES:
+            raise ConfigError(f"bandwidth_rule={bandwidth_rule!r} is not one of {BANDWIDTH_RULES}")
+        if not isinstance(residual_window, int) or residual_window < 0:
+            raise ConfigError(f"residual_window={residual_window!r} must be an integer >= 0")
         if mode not in MODES:
             raise ConfigError(f"mode={mode!r} is not one of {MODES}")
         if online not in ONLINE:
@@ -100,6 +127,7 @@ class TablePolicy:
         self.index = CellIndex(table)
         self.p1 = table.n_partitions
         self._range = list(range(self.p1))
+        self._all = tuple(self._range)
         self.scores: list[list[float]] = table.scores.astype(np.float64).tolist()
         self.guard: list[list[bool]] = table.guard_ok().tolist()
         # Each cell's scores in ascending order: the set at threshold q is the k partitions
@@ -117,7 +145,32 @@ class TablePolicy:
 
             self.qhat = split_threshold(cal, self.alpha)
         self.aci = ACI(self.alpha, gamma, cal)
-        self.bw_factor = 1.0 if known_bandwidth else math.exp(table.bandwidth_log_lower)
+        self.known_bandwidth = known_bandwidth
+        quantiles = table.bandwidth_log_quantiles
+        no_q = quantiles is None and not known_bandwidth
+        self.bandwidth_rule = "lower" if no_q else bandwidth_rule
+        # An older table without quantiles: mode A's single-factor rule, flagged here (the
+        # decisions keep their flags; the device names it once at start-up).
+        self.bandwidth_fallback = no_q
+        if known_bandwidth:
+            self.residuals = ResidualWindow([0.0], 0.0, 0.0, 0)
+        else:
+            level = table.meta.get("calibration", {}).get("bandwidth_alpha", table.alpha)
+            self.residuals = ResidualWindow(
+                [table.bandwidth_log_lower] if quantiles is None else quantiles.tolist(),
+                table.bandwidth_log_lower,
+                float(level),
+                residual_window,
+            )
+        self._support: tuple[tuple[int, float, float], ...] = ()
+        if table.support is not None:
+            lo, hi = table.support.tolist()
+            self._support = tuple(
+                (f, lo[f], hi[f])
+                for f in range(len(lo))
+                if not (lo[f] == -math.inf and hi[f] == math.inf)
+            )
+        self.n_out_of_support = 0
         self.wcp: WeightedCP | None = None
         if online == "weighted":
             clf = BinnedLogit.from_dict(table.classifier)
@@ -131,6 +184,11 @@ class TablePolicy:
         self.n_observed = 0
         self.n_errors = 0
         self.n_guard_relaxed = 0
+
+    @property
+    def bw_factor(self) -> float:
+        """exp(the current pessimistic offset): mode A's SLO check prices at B̂ times this."""
+        return self.residuals.lower_factor
 
     @classmethod
     def from_bundle(
@@ -148,7 +206,7 @@ class TablePolicy:
             bundle: a loaded `Bundle` with 'table', 'profile' and 'objective' sections.
             mode, alpha, seed, online: as for `TablePolicy`.
             **kw: the keyword-only options of `TablePolicy` (gamma, window, refit_every,
-                known_bandwidth).
+                known_bandwidth, bandwidth_rule, residual_window).
 
         Returns:
             The policy over the bundle's table and `cost_model_of(bundle)`.
@@ -180,7 +238,8 @@ class TablePolicy:
 
         Returns:
             The `Decision`: the partition, the conformal set it came from (`candidates`), the
-            mode, the table cell and flags ("slo_guard_relaxed" when the guard was relaxed).
+            mode, the table cell and flags ("slo_guard_relaxed" when the guard was relaxed,
+            "out_of_support" when the context lies outside the table's calibration range).
 
         Raises:
             BundleError: the threshold is NaN or a cell's set is empty (a corrupt table or
@@ -217,21 +276,45 @@ class TablePolicy:
         cand, kept, s, relaxed, flags, p, lowest, decisions = st
         if relaxed:
             self.n_guard_relaxed += 1
+        oos = False
+        for f, lo, hi in self._support:
+            x = row[f]
+            if not lo <= x <= hi:  # NaN too
+                oos = True
+                self.n_out_of_support += 1
+                if self.mode == "A":  # the live cost over every partition, not the table's set
+                    p = -1
+                    kept = self._all
+                break
         if p < 0:  # two or more partitions survive the guard: the mode picks
             mode = self.mode
-            if mode == "A":  # live cost of the kept partitions only, at the pessimistic bandwidth
-                lat, j = self.cost.row(row, row[0] * self.bw_factor, kept)
-                p = self._pick_a(kept, lat, j, s)
+            if mode == "A":  # live cost of the kept partitions only
+                p = self._mode_a(row, kept, s)
             elif mode == "M":
                 p = lowest
             else:
                 p = kept[self.rng.randrange(len(kept))]
+        if oos:  # flagged (the table's set is kept for coverage)
+            return Decision(p, cand, self.mode, cell, (*flags, OUT_OF_SUPPORT))
         # Decisions are immutable: reuse an equal one (creating a frozen dataclass costs more
         # than the whole table lookup).
         d = decisions.get(p)
         if d is None:
             d = decisions[p] = Decision(p, cand, self.mode, cell, flags)
         return d
+
+    def _mode_a(self, row: tuple[float, ...], parts: tuple[int, ...], s: list[float]) -> int:
+        """Mode A's pick among `parts`: the SLO at the pessimistic bandwidth, then the lowest
+        J averaged over the bandwidth quantiles ("expected") or at the pessimistic bandwidth
+        ("lower")."""
+        res = self.residuals
+        b_low = row[0] * res.lower_factor
+        if self.bandwidth_rule == "lower":
+            lat, j = self.cost.row(row, b_low, parts)
+        else:
+            b = row[0]
+            lat, j = self.cost.row_expected(row, [b * m for m in res.factors], b_low, parts)
+        return self._pick_a(parts, lat, j, s)
 
     def _set_of(self, cell: int, lcell: int, q: float) -> _SetEntry:
         """Conformal set at threshold q, the SLO guard (relaxed when it would empty the set)."""
@@ -261,7 +344,7 @@ class TablePolicy:
     def _pick_a(
         self, kept: tuple[int, ...], lat: list[float], j: list[float], s: list[float]
     ) -> int:
-        """Lowest live J among partitions meeting the SLO at the pessimistic bandwidth (the
+        """Lowest J (expected or pessimistic) among partitions meeting the SLO at the pessimistic bandwidth (the
         fastest when none does); ties go to the lowest score (mode M), then to the lowest
         partition. lat and j are aligned with kept (row() returns them so).
 
@@ -291,6 +374,10 @@ class TablePolicy:
         The oracle is the lowest-J partition within the SLO under `realised` (the fastest
         when none is). Call once per decision, after the inference.
 
+        The residual log(B_real / B̂) enters mode A's window (`ResidualWindow`) when the
+        link was measured between decide and observe: the decision offloaded (p < P), or
+        the realised bandwidth differs from the seen one (a probe measured it).
+
         Parameters:
             decision: what `decide` returned for this inference.
             seen: the context `decide` was given (online="weighted" adds it to its window
@@ -306,7 +393,19 @@ class TablePolicy:
             realised.server_gco2_per_kwh,
             realised.battery_pct,
         )
+        if decision.partition < self.p1 - 1 or realised.bandwidth_mbps != seen.bandwidth_mbps:
+            self.observe_bandwidth(seen.bandwidth_mbps, realised.bandwidth_mbps)
         self.observe_label(decision, self.oracle_row(r), seen)
+
+    def observe_bandwidth(self, seen_mbps: float, realised_mbps: float) -> None:
+        """Add one measured transfer (or probe) to mode A's residual window: the residual
+        log(max(realised, 0.01) / max(seen, 0.01)); ignored when either is not finite or
+        the policy knows the bandwidth."""
+        if self.known_bandwidth or not (math.isfinite(seen_mbps) and math.isfinite(realised_mbps)):
+            return
+        self.residuals.add(
+            math.log(max(realised_mbps, BW_FLOOR_MBPS) / max(seen_mbps, BW_FLOOR_MBPS))
+        )
 
     def oracle_row(self, row: tuple[float, ...]) -> int:
         """argmin J over partitions within the SLO (the fastest when none is): CostModel.oracle."""
@@ -347,6 +446,73 @@ class TablePolicy:
     def events_since_refit(self) -> int:
         """Observations since weighted CP last refit its weights (0 right after a refit)."""
         return self._since_refit
+
+
+class ResidualWindow:
+    """Mode A's predictive distribution of r = log(B_real / B̂), updated online (issue 9, 3).
+
+    The table's K quantiles q_k (levels (k + 1/2)/K) and its pessimistic offset are blended
+    with the same quantiles of the last `size` observed residuals: with n of them,
+    w = n / size and q_k = (1 − w)·table_k + w·window_k (averaging quantile functions: the
+    1-D Wasserstein barycentre of the two distributions). Window quantiles interpolate
+    linearly between order statistics (numpy's default), the offset at the table's bound
+    level β. Once the window is full, the table's values no longer count.
+
+    Parameters:
+        table_quantiles: the table's K quantiles (non-decreasing).
+        table_lower: the table's pessimistic offset (bandwidth_log_lower).
+        level: the level β of that offset (its window counterpart is the β-quantile).
+        size: the window's length; 0 keeps the table's values.
+    """
+
+    def __init__(
+        self, table_quantiles: list[float], table_lower: float, level: float, size: int
+    ) -> None:
+        self.table_quantiles = [float(v) for v in table_quantiles]
+        self.table_lower = float(table_lower)
+        self.levels = [(k + 0.5) / len(self.table_quantiles) for k in range(len(table_quantiles))]
+        self.level = float(level)
+        self.size = size
+        self._fifo: deque[float] = deque()
+        self._sorted: list[float] = []
+        self.quantiles = list(self.table_quantiles)
+        self.lower = self.table_lower
+        self._refresh()
+
+    def __len__(self) -> int:
+        return len(self._fifo)
+
+    def add(self, r: float) -> None:
+        """One observed residual (finite); the oldest leaves once `size` are held."""
+        if self.size <= 0:
+            return
+        if len(self._fifo) >= self.size:
+            old = self._fifo.popleft()
+            del self._sorted[bisect_right(self._sorted, old) - 1]
+        self._fifo.append(r)
+        insort(self._sorted, r)
+        w = len(self._fifo) / self.size
+        xs = self._sorted
+        self.quantiles = [
+            (1.0 - w) * t + w * _quantile(xs, lv)
+            for t, lv in zip(self.table_quantiles, self.levels, strict=True)
+        ]
+        self.lower = (1.0 - w) * self.table_lower + w * _quantile(xs, self.level)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.factors = [math.exp(q) for q in self.quantiles]
+        self.lower_factor = math.exp(self.lower)
+
+
+def _quantile(xs: list[float], level: float) -> float:
+    """The `level` quantile of sorted xs, linear between order statistics (numpy's default)."""
+    pos = level * (len(xs) - 1)
+    i = int(pos)
+    if i >= len(xs) - 1:
+        return xs[-1]
+    frac = pos - i
+    return xs[i] + (xs[i + 1] - xs[i]) * frac
 
 
 def _row(ctx: Context) -> tuple[float, ...]:

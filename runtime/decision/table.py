@@ -24,6 +24,8 @@ TABLE_DIR = "table"
 TABLE_JSON = "table/table.json"
 # Features whose bins index the latency sub-table (latency does not depend on carbon/battery).
 LATENCY_FEATURES = (0, 1, 2, 3)
+# Most quantiles of log(B_real / B̂) a table may carry (mode A prices every one per decision).
+MAX_BANDWIDTH_QUANTILES = 16
 
 
 @dataclass
@@ -48,6 +50,13 @@ class Table:
     slo_ms: float | None
     classifier: dict[str, Any]  # BinnedLogit.to_dict() (edges fixed at build, weights refit)
     meta: dict[str, Any] = field(default_factory=dict)
+    # (K,) float64, non-decreasing: quantiles of log(B_real / B̂) at the levels (k + 1/2)/K
+    # (midpoints of K equal-probability bins), mode A's expected-J rule; None in older tables
+    # (mode A then prices at the single factor exp(bandwidth_log_lower), flagged).
+    bandwidth_log_quantiles: np.ndarray | None = None
+    # (2, 7) float64: per feature the lowest (row 0) and highest (row 1) seen value of the
+    # calibration contexts; ±inf for a feature the table does not bin. None in older tables.
+    support: np.ndarray | None = None
 
     # -- shape -------------------------------------------------------------------------------
     @property
@@ -111,11 +120,38 @@ class Table:
         """Conformal lower bound (Mbit/s) of the realised bandwidth given the seen one."""
         return bandwidth_mbps * math.exp(self.bandwidth_log_lower)
 
+    def bandwidth_levels(self) -> list[float]:
+        """The levels of `bandwidth_log_quantiles`: (k + 1/2)/K, k = 0..K-1 ([] without them)."""
+        k = 0 if self.bandwidth_log_quantiles is None else len(self.bandwidth_log_quantiles)
+        return quantile_levels(k)
+
+    def out_of_support(self, x: np.ndarray) -> np.ndarray:
+        """(N,) bool: a context row of x (N, 7) lies outside the calibration range of some
+        feature (`support`); all False when the table records no support."""
+        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        if self.support is None:
+            return np.zeros(len(x), dtype=bool)
+        inside = (x >= self.support[0][None, :]) & (x <= self.support[1][None, :])
+        return ~inside.all(axis=1)
+
+    def _arrays(self) -> dict[str, tuple[np.ndarray, str]]:
+        """key -> (array, dtype) of every array the table holds (the optional ones if set)."""
+        out = {
+            "scores": (self.scores, "float16"),
+            "latency_ms": (self.latency_ms, "float16"),
+            "cal_scores": (self.cal_scores, "float32"),
+            "cal_bins": (self.cal_bins, "uint8"),
+        }
+        if self.bandwidth_log_quantiles is not None:
+            out["bandwidth_log_quantiles"] = (self.bandwidth_log_quantiles, "float64")
+        if self.support is not None:
+            out["support"] = (self.support, "float64")
+        return out
+
     def n_bytes(self) -> int:
-        """Bytes held by the table's arrays (scores, latency_ms, cal_scores, cal_bins)."""
-        return int(
-            sum(a.nbytes for a in (self.scores, self.latency_ms, self.cal_scores, self.cal_bins))
-        )
+        """Bytes held by the table's arrays (scores, latency_ms, cal_scores, cal_bins, and
+        the bandwidth quantiles and support when present)."""
+        return int(sum(a.nbytes for a, _ in self._arrays().values()))
 
     # -- storage -----------------------------------------------------------------------------
     def layout(self) -> dict[str, Any]:
@@ -136,26 +172,8 @@ class Table:
             "bandwidth_log_lower": _json_float(self.bandwidth_log_lower),
             "classifier": self.classifier,
             "files": {
-                "scores": {
-                    "file": "scores.npy",
-                    "dtype": "float16",
-                    "shape": list(self.scores.shape),
-                },
-                "latency_ms": {
-                    "file": "latency_ms.npy",
-                    "dtype": "float16",
-                    "shape": list(self.latency_ms.shape),
-                },
-                "cal_scores": {
-                    "file": "cal_scores.npy",
-                    "dtype": "float32",
-                    "shape": list(self.cal_scores.shape),
-                },
-                "cal_bins": {
-                    "file": "cal_bins.npy",
-                    "dtype": "uint8",
-                    "shape": list(self.cal_bins.shape),
-                },
+                key: {"file": f"{key}.npy", "dtype": dtype, "shape": list(arr.shape)}
+                for key, (arr, dtype) in self._arrays().items()
             },
             "meta": self.meta,
         }
@@ -168,12 +186,7 @@ class Table:
         """
         d = Path(root) / TABLE_DIR
         d.mkdir(parents=True, exist_ok=True)
-        arrays = {
-            "scores.npy": self.scores.astype(np.float16),
-            "latency_ms.npy": self.latency_ms.astype(np.float16),
-            "cal_scores.npy": self.cal_scores.astype(np.float32),
-            "cal_bins.npy": self.cal_bins.astype(np.uint8),
-        }
+        arrays = {f"{k}.npy": a.astype(dtype) for k, (a, dtype) in self._arrays().items()}
         for name, arr in arrays.items():
             np.save(d / name, np.ascontiguousarray(arr), allow_pickle=False)
         with open(Path(root) / TABLE_JSON, "w", encoding="utf-8") as f:
@@ -228,6 +241,8 @@ class Table:
                 slo_ms=None if layout.get("slo_ms") is None else float(layout["slo_ms"]),
                 classifier=dict(layout["classifier"]),
                 meta=dict(layout.get("meta", {})),
+                bandwidth_log_quantiles=arrs.get("bandwidth_log_quantiles"),
+                support=arrs.get("support"),
             )
             shape = tuple(int(v) for v in layout["shape"])
             BinnedLogit.from_dict(t.classifier)  # the weighted-CP classifier must load too
@@ -318,6 +333,35 @@ def _check_shapes(t: Table, shape: tuple[int, ...], where: str, fix: str) -> Non
         raise BundleError(f"{where}: 'alpha' must be in (0, 1), got {t.alpha}; {fix}")
     if math.isnan(t.qhat) or math.isnan(t.bandwidth_log_lower):
         raise BundleError(f"{where}: 'qhat' and 'bandwidth_log_lower' must not be NaN; {fix}")
+    _check_optional(t, where, fix)
+
+
+def _check_optional(t: Table, where: str, fix: str) -> None:
+    """The bandwidth quantiles and the support, when the table has them."""
+    q = t.bandwidth_log_quantiles
+    if q is not None and (
+        q.ndim != 1
+        or not 1 <= len(q) <= MAX_BANDWIDTH_QUANTILES
+        or not np.isfinite(q).all()
+        or (np.diff(q) < 0).any()
+    ):
+        raise BundleError(
+            f"{where}: bandwidth_log_quantiles must be 1 to {MAX_BANDWIDTH_QUANTILES} finite, "
+            f"non-decreasing values, got shape {list(q.shape)}; {fix}"
+        )
+    sup = t.support
+    if sup is not None and (
+        sup.shape != (2, len(CONTEXT_FIELDS)) or np.isnan(sup).any() or (sup[0] > sup[1]).any()
+    ):
+        raise BundleError(
+            f"{where}: support must be (2, {len(CONTEXT_FIELDS)}) bounds without NaN and with "
+            f"lower <= upper, got shape {list(sup.shape)}; {fix}"
+        )
+
+
+def quantile_levels(k: int) -> list[float]:
+    """The levels (i + 1/2)/k, i = 0..k-1: midpoints of k equal-probability bins."""
+    return [(i + 0.5) / k for i in range(k)]
 
 
 def _json_float(v: float) -> float | str:
