@@ -42,6 +42,7 @@ from carboncp.tooling.table_build import calibrate_from_replay, split_indices
 
 POLICIES = (
     "carboncp_a",
+    "carboncp_a_lower",
     "carboncp_m",
     "carboncp_r",
     "local_only",
@@ -225,7 +226,8 @@ def _calibrated_case(
     """Calibrate the table on `cal_rp`'s calibration period; the test period of `rp`."""
     # Mode A's bandwidth level is a build-time choice (held-out selection); keep it.
     bw_level = table.meta.get("bandwidth_alpha")
-    calibrate_from_replay(table, cal_rp, "cal", alpha, bandwidth_alpha=bw_level)
+    # The support stays the build's: it says where the table's scores were calibrated.
+    calibrate_from_replay(table, cal_rp, "cal", alpha, bandwidth_alpha=bw_level, keep_support=True)
     te = split_indices(rp, "test")
     _say(f"[evaluate] {len(te)} test events; q̂ = {table.qhat:.4g} at α = {alpha}", progress)
     return EvalCase(bundle, table, cm, rp, te, alpha, seed)
@@ -270,6 +272,12 @@ def _table_summary(table: Table) -> dict[str, Any]:
         "bytes": table.n_bytes(),
         "latency_offset_ms": table.latency_offset_ms,
         "bandwidth_lower_factor": math.exp(table.bandwidth_log_lower),
+        "bandwidth_quantile_factors": (
+            None
+            if table.bandwidth_log_quantiles is None
+            else np.exp(table.bandwidth_log_quantiles).tolist()
+        ),
+        "support": None if table.support is None else table.support.tolist(),
         "q_objective": table.meta.get("q_objective"),
     }
 

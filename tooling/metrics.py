@@ -14,6 +14,7 @@ ALPHA_GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
 # The policies whose carbon reduction against every baseline is reported.
 REDUCTIONS_OF = (
     "carboncp_a",
+    "carboncp_a_lower",
     "carboncp_m",
     "carboncp_r",
     "causal_best",
@@ -47,6 +48,10 @@ def metrics_for(
         "objective_j": float(costs.objective[te][rows, choice].sum()),
         "fallback_rate": float(costs.fallback[te][rows, choice].mean()),
         "partition_counts": np.bincount(choice, minlength=costs.carbon_g.shape[1]).tolist(),
+        # the share of test contexts outside the table's calibration support (table policies)
+        "out_of_support_rate": (
+            float(sets["out_of_support"].mean()) if sets and "out_of_support" in sets else None
+        ),
     }
     return m
 
@@ -71,7 +76,8 @@ def add_regrets(pol_metrics: dict[str, dict[str, Any]]) -> None:
 def carbon_reductions(
     pol_metrics: dict[str, dict[str, Any]], baselines: tuple[str, ...]
 ) -> dict[str, dict[str, float | None]]:
-    """Percent carbon saved by each REDUCTIONS_OF policy against each baseline."""
+    """Percent carbon saved by each REDUCTIONS_OF policy (those in pol_metrics) against each
+    baseline."""
     return {
         name: {
             b: (
@@ -83,6 +89,7 @@ def carbon_reductions(
             if b != name
         }
         for name in REDUCTIONS_OF
+        if name in pol_metrics
     }
 
 
