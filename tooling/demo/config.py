@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 HOUR_S = 3600
-# The folder names the scenario its table was trained for: a bundle built for another one
-# (the DE-LU -> GB, x15 demo of earlier versions) is not silently reused.
-DEFAULT_BUNDLE = "models/demo-resnet18-rpi4-gb-de-x6"
+# The folder names the scenario its table was trained for (device GB, server DE-LU, the link
+# x 6, the carbon-first objective): a bundle built for another one (the DE-LU -> GB, x15
+# demo, or the GB -> DE-LU x6 one under the latency/battery trade-off objective, of earlier
+# versions) is not silently reused.
+DEFAULT_BUNDLE = "models/demo-resnet18-rpi4-gb-de-x6-carbon-first"
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """The run's summary: per policy, the emulated device's carbon, latency and battery, SLO
-violations, coverage of the oracle, decision changes by cause and probe costs (summary.json),
-and the table and explanations printed at the end."""
+violations, coverage of the oracle, decision changes by cause and probe costs; the headline
+(mode A's carbon saving against local-only and server-only, its SLO violations, its regret
+against the causal reference, and the latency and battery it traded) in summary.json; the
+headline, table and explanations printed at the end."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import numpy as np
 from carboncp.tooling.demo.attribution import CAUSES
 from carboncp.tooling.demo.config import DemoConfig
 from carboncp.tooling.demo.scenario import DemoPlan
-from carboncp.tooling.demo.session import SessionResult
+from carboncp.tooling.demo.session import TABLE_MODES, SessionResult
 
 
 def make_summary(
@@ -26,10 +28,20 @@ def make_summary(
     sc = plan.scenario
     summary = summarise(session.steps, cfg, plan.cost_model, plan.P)
     summary["scale"] = plan.scale
+    ob = plan.cost_model.objective
+    summary["objective"] = {
+        "w_carbon": ob.w_carbon,
+        "w_latency": ob.w_latency,
+        "w_battery": ob.w_battery,
+        "battery_protect_below_pct": ob.battery_protect_below_pct,
+        "slo_ms": ob.slo_ms,
+    }
     summary["device"] = plan.cost_model.profile.device
     summary["scenario"] = {
         "expected_carbon_changes": sc.expected_carbon_changes,
         "expected_link_changes": sc.expected_link_changes,
+        "expected_saving_vs_local": sc.expected_saving_vs_local,
+        "expected_saving_vs_server": sc.expected_saving_vs_server,
         "bandwidth_factor": plan.bandwidth_factor,
         "local_share": sc.local_share,
         "threshold_mbps": list(sc.threshold_mbps),
@@ -97,9 +109,87 @@ def summarise(steps: list[dict[str, Any]], cfg: DemoConfig, cm: Any, P: int) -> 
             "device_gco2_per_kwh": base[4],
             "server_gco2_per_kwh": base[5],
         }
+    server_carbon = res["policies"].get("server", {}).get("carbon_mg")
     for v in res["policies"].values():
         v["carbon_vs_local"] = v["carbon_mg"] / local_carbon if local_carbon else math.nan
+        v["carbon_vs_server"] = v["carbon_mg"] / server_carbon if server_carbon else math.nan
+    first = cfg.policies[0]
+    if first in TABLE_MODES:
+        res["references"] = references(steps, first, cm)
+        res["headline"] = headline(res, first)
     return res
+
+
+def references(steps: list[dict[str, Any]], name: str, cm: Any) -> dict[str, Any]:
+    """Table policy `name` against the causal reference and the oracle, as `carboncp evaluate`
+    measures them (docs/METHOD.md §4, §9; tooling/baselines.causal_best, metrics.add_regrets).
+
+    Every partition is priced by the cost model on each step's realised context (its true
+    link rate), as the records price the partition run; the causal reference takes, per table cell of the context the device saw
+    (the cell it decided in), the partition with the lowest mean realised J over the run's
+    steps in that cell; the oracle the lowest J at each step's true context. The policy's own
+    partitions are priced the same way (probes excluded), so regret compares choices only.
+    Regret (%) = 100 (policy - reference) / reference, on carbon and on J."""
+    recs = [s[name] for s in steps]
+    rows = np.array([[r.realised[f] for f in _FIELDS] for r in recs], dtype=np.float64)
+    costs = cm.evaluate(rows)  # at the realised link rate, as the records price it
+    n = len(recs)
+    idx = np.arange(n)
+    chosen = np.array([r.partition for r in recs])
+    cells = np.array([-1 if r.cell is None else int(r.cell) for r in recs])
+    causal = np.empty(n, dtype=np.int64)
+    for c in np.unique(cells):
+        m = cells == c
+        causal[m] = int(np.argmin(costs.objective[m].mean(axis=0)))
+    oracle = cm.oracle(costs)
+    out: dict[str, Any] = {"cells": len(np.unique(cells)), "steps": n}
+    for label, choice in (("policy", chosen), ("causal_best", causal), ("oracle", oracle)):
+        out[label] = {
+            "carbon_mg": float(costs.carbon_g[idx, choice].sum() * 1000.0),
+            "objective_j": float(costs.objective[idx, choice].sum()),
+            "slo_violation_share": (
+                float(np.mean(costs.latency_ms[idx, choice] > cm.slo)) if cm.slo else 0.0
+            ),
+        }
+    pol = out["policy"]
+    for ref in ("causal_best", "oracle"):
+        suffix = "" if ref == "causal_best" else "_oracle"
+        out[f"regret{suffix}_pct"] = _pct(pol["carbon_mg"], out[ref]["carbon_mg"])
+        out[f"j_regret{suffix}_pct"] = _pct(pol["objective_j"], out[ref]["objective_j"])
+    return out
+
+
+def headline(res: dict[str, Any], name: str) -> dict[str, Any]:
+    """What the run shows for table policy `name`, from the records: its carbon saving (%)
+    against local-only and server-only (records' modelled carbon, probes included), its SLO
+    violations, its regret against the causal reference (`references`), and what the
+    objective traded: mean latency and battery against each baseline."""
+    pols = res["policies"]
+    a = pols[name]
+    h: dict[str, Any] = {"policy": name, "slo_violation_share": a["slo_violation_share"]}
+    for base in ("local", "server"):
+        b = pols.get(base)
+        h[f"saving_vs_{base}_pct"] = (
+            -_pct(a["carbon_mg"], b["carbon_mg"]) if b and b["carbon_mg"] > 0 else None
+        )
+        h[f"{base}_slo_violation_share"] = b["slo_violation_share"] if b else None
+        h[f"{base}_latency_ms_mean"] = b["latency_ms_mean"] if b else None
+        h[f"{base}_battery_pct_used"] = b["battery_pct_used"] if b else None
+    h["latency_ms_mean"] = a["latency_ms_mean"]
+    h["battery_pct_used"] = a["battery_pct_used"]
+    ref = res["references"]
+    h["regret_pct"] = ref["regret_pct"]
+    h["j_regret_pct"] = ref["j_regret_pct"]
+    loc = pols.get("local")
+    orc = ref["oracle"]["carbon_mg"]
+    h["oracle_saving_vs_local_pct"] = (
+        -_pct(orc, loc["carbon_mg"]) if loc and loc["carbon_mg"] > 0 else None
+    )
+    return h
+
+
+def _pct(a: float, b: float) -> float:
+    return 100.0 * (a - b) / b if b > 0 else math.nan
 
 
 def _changes_by(steps: list[dict[str, Any]], name: str, parts: np.ndarray) -> dict[str, int]:
@@ -120,9 +210,74 @@ _FIELDS = ("bandwidth_mbps", "rtt_ms", "device_load", "server_load", "device_gco
 
 
 def print_summary(summary: dict[str, Any], cfg: DemoConfig) -> None:
-    """The table of policies, the changes by cause, then what the figures mean."""
+    """The table of policies, the changes by cause, the headline, then what the figures mean."""
     _print_table(summary, cfg)
+    _print_headline(summary)
     _print_explanations(summary)
+
+
+def _less_more(pct: float | None) -> str:
+    if pct is None or not math.isfinite(pct):
+        return "n/a"
+    return f"{abs(pct):.1f}% {'less' if pct >= 0 else 'more'}"
+
+
+def _objective_words(ob: dict[str, Any] | None) -> str:
+    if not ob:
+        return "the bundle's objective J"
+    if not ob.get("w_latency"):
+        bp = ob.get("battery_protect_below_pct")
+        battery = (
+            f"a battery term only below {bp:g}% charge" if bp is not None and ob.get("w_battery")
+            else f"battery weight {ob.get('w_battery', 0):g}"
+        )  # fmt: skip
+        slo = f"within the {ob['slo_ms']:g} ms SLO" if ob.get("slo_ms") else "(no SLO)"
+        return f"carbon-first: the least carbon {slo}, {battery}"
+    return (
+        f"J with weights carbon {ob.get('w_carbon', 0):g}, latency {ob['w_latency']:g}, "
+        f"battery {ob.get('w_battery', 0):g}"
+    )
+
+
+def _print_headline(summary: dict[str, Any]) -> None:
+    """Mode A's carbon saving against both baselines, its SLO violations, its regret against
+    the causal reference and what its objective traded (latency, battery)."""
+    h = summary.get("headline")
+    if not h:
+        return
+    name, ref = h["policy"], summary["references"]
+    print(f"Headline: CarbonCP mode {name}, objective {_objective_words(summary.get('objective'))}")
+    print(
+        f"  carbon: {_less_more(h['saving_vs_local_pct'])} than local-only and "
+        f"{_less_more(h['saving_vs_server_pct'])} than server-only (link probes included)"
+    )
+
+    def share(v: float | None) -> str:
+        return "n/a" if v is None else f"{v * 100:.1f}%"
+
+    print(
+        f"  SLO violations: {share(h['slo_violation_share'])} of inferences "
+        f"(local-only {share(h['local_slo_violation_share'])}, "
+        f"server-only {share(h['server_slo_violation_share'])})"
+    )
+    print(
+        f"  regret against the causal reference (per table cell the partition with the least "
+        f"mean realised J over this run, chosen in hindsight; {ref['cells']} cells): carbon "
+        f"{h['regret_pct']:+.1f}%, J {h['j_regret_pct']:+.1f}%; the clairvoyant oracle would "
+        f"emit {_less_more(h['oracle_saving_vs_local_pct'])} than local-only"
+    )
+
+    def vs(key: str, fmt: str) -> str:
+        a, loc, srv = h[key], h[f"local_{key}"], h[f"server_{key}"]
+        parts = [format(a, fmt)]
+        extra = [f"{n} {format(v, fmt)}" for n, v in (("local-only", loc), ("server-only", srv))
+                 if v is not None]  # fmt: skip
+        return parts[0] + (f" ({', '.join(extra)})" if extra else "")
+
+    print(
+        f"  trade-offs: mean latency {vs('latency_ms_mean', '.0f')} ms; battery used "
+        f"{vs('battery_pct_used', '.3f')} % of charge"
+    )
 
 
 def _print_table(summary: dict[str, Any], cfg: DemoConfig) -> None:
@@ -158,32 +313,20 @@ def _print_table(summary: dict[str, Any], cfg: DemoConfig) -> None:
 
 
 def _print_explanations(summary: dict[str, Any]) -> None:
-    pols = summary["policies"]
-    if "A" in pols and "local" in pols:
-        a, loc = pols["A"], pols["local"]
-
-        def rel(key: str) -> str:
-            return f"{100.0 * a[key] / loc[key]:.0f}%" if loc[key] else "n/a"
-
-        # Mode A minimises J, not carbon alone: say what it traded, so a run where it emits
-        # more than local-only is read correctly.
-        print(
-            "mode A minimises the bundle's objective J (carbon plus weighted latency and "
-            "battery drain, docs/COSTS.md), not carbon alone: against local-only it used "
-            f"{rel('carbon_mg')} of the carbon, {rel('latency_ms_mean')} of the latency and "
-            f"{rel('battery_pct_used')} of the battery"
-        )
     sc = summary.get("scenario")
     if sc:
         lo, hi = sc["threshold_mbps"]
         f = sc["bandwidth_factor"]
         print(
-            f"cost model: offloading beats local execution above a link rate B* that carbon "
-            f"moves between {lo * f:.1f} and {hi * f:.1f} Mbit/s in this window; mode A decides "
-            f"on the link estimate x {f:.2f} (its conformal lower bound), so it offloads above "
-            f"{lo:.1f} to {hi:.1f} Mbit/s. Expected changes (analysis): ~"
-            f"{sc['expected_carbon_changes']:.1f} by carbon, ~{sc['expected_link_changes']:.1f} "
-            f"by the link"
+            f"cost model: the objective prefers offloading to local execution above a link rate "
+            f"B* that carbon moves between {lo * f:.1f} and {hi * f:.1f} Mbit/s in this window "
+            f"(inf: the server's grid too dirty to offload at any rate); mode A prices the link "
+            f"estimate x its residual quantiles (typically x {f:.2f}), so it offloads above about "
+            f"{lo:.1f} to {hi:.1f} Mbit/s. Planned (analysis, knowing the link): ~"
+            f"{sc['expected_carbon_changes']:.1f} changes by carbon, "
+            f"~{sc['expected_link_changes']:.1f} by the link, "
+            f"{sc['expected_saving_vs_local']:.0%} saved against local-only and "
+            f"{sc['expected_saving_vs_server']:.0%} against server-only"
         )
     print(
         "cause of a change: the same policy, in the same state, re-decides with the previous "
