@@ -127,5 +127,14 @@ def _cumulative_carbon_panel(
         ax.plot(hours, np.cumsum([s[name].model["carbon_g"] * 1000 for s in steps]),
                 label=name, color=color, ls=ls, lw=lw)  # fmt: skip
     ax.set_ylabel("cumulative mgCO2eq")
+    h = summary.get("headline")
+    if h:
+        said = [
+            f"{abs(v):.1f}% {'less' if v >= 0 else 'more'} than {b}-only"
+            for b in ("local", "server")
+            if (v := h.get(f"saving_vs_{b}_with_probes_pct")) is not None and np.isfinite(v)
+        ]
+        ax.set_title(f"cumulative carbon, link probes included: {h['policy']} emitted "
+                     f"{' and '.join(said)}", fontsize=10, loc="left")  # fmt: skip
     ax.set_xlabel(f"hours into the replayed window (from {summary['window_start_utc']})")
     ax.legend(loc="upper left", fontsize=9)
