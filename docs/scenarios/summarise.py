@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""One Markdown table row per `carboncp evaluate` output, judged against issue 9's targets.
+
+    python docs/scenarios/summarise.py OUT_DIR [OUT_DIR ...]    # each holds a metrics.json
+    python docs/scenarios/summarise.py --headline OUT_DIR       # the headline's targets too
+
+Columns (carbon savings are against local-only, in % of local-only's carbon):
+  A        CarbonCP-A (the runtime TablePolicy, expected-J rule)
+  A-lower  mode A with the old single-quantile bandwidth rule (carboncp_a_lower)
+  known-B  the known-bandwidth bound (mode A fed the realised bandwidth)
+  oracle   the per-event best partition in hindsight
+  causal   the causal reference (best fixed table in hindsight, docs/METHOD.md §4)
+  J reg    CarbonCP-A's objective regret against the causal reference (j_regret_pct)
+  C reg    its carbon regret against the causal reference (regret_pct)
+  SLO      CarbonCP-A's SLO-violation rate; cov its set's coverage; OOS its out-of-support rate
+
+Verdict (issue 9, "What it must show"): PASS when J reg <= 5%, SLO <= alpha + 0.01 and,
+where offloading pays (the oracle saves >= 5% against local-only), A's saving is within
+5 points of the known-bandwidth bound's. With --headline, also A's saving >= 58.8%, its SLO
+violations <= 9.9% and A's saving >= 90% of the oracle's. Each failed check is named.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+PAYS_PCT = 5.0  # "offloading pays": the oracle saves at least this much against local-only
+
+
+def _saving(pol: dict, name: str) -> float:
+    local = pol["local_only"]["carbon_g"]
+    return 100.0 * (1.0 - pol[name]["carbon_g"] / local) if local > 0 else float("nan")
+
+
+def row(path: Path, headline: bool = False) -> tuple[str, bool]:
+    m = json.loads((path / "metrics.json").read_text())
+    pol = m["policies"]
+    a = pol["carboncp_a"]
+    alpha = float(m["alpha"])
+    s_a = _saving(pol, "carboncp_a")
+    s_lo = _saving(pol, "carboncp_a_lower")
+    s_kb = _saving(pol, "known_bandwidth")
+    s_or = _saving(pol, "oracle")
+    s_ca = _saving(pol, "causal_best")
+    jreg = a.get("j_regret_pct")
+    creg = a.get("regret_pct")
+    slo = a["slo_violation_rate"]
+    fails = []
+    if jreg is not None and jreg > 5.0:
+        fails.append("regret")
+    if slo > alpha + 0.01:
+        fails.append("SLO")
+    if s_or >= PAYS_PCT and s_a < s_kb - 5.0:
+        fails.append("gap to known-B")
+    if headline:
+        if s_a < 58.8:
+            fails.append("< 58.8%")
+        if slo > 0.099:
+            fails.append("SLO > 9.9%")
+        if s_or > 0 and s_a < 0.9 * s_or:
+            fails.append("< 90% of oracle")
+    oos = a.get("out_of_support_rate")
+    cov = a.get("coverage")
+
+    def f(x: float | None, nd: int = 1) -> str:
+        return "n/a" if x is None else f"{x:.{nd}f}"
+
+    verdict = "PASS" if not fails else "FAIL (" + ", ".join(fails) + ")"
+    cells = [
+        path.name,
+        str(m["n_test"]),
+        f(s_a),
+        f(s_lo),
+        f(s_kb),
+        f(s_or),
+        f(s_ca),
+        f(jreg),
+        f(creg),
+        f(slo, 3),
+        f(cov, 3),
+        f(oos, 3),
+        verdict,
+    ]
+    return "| " + " | ".join(cells) + " |", not fails
+
+
+HEADER = (
+    "| scenario | n_test | A saving % | A-lower % | known-B % | oracle % | causal % "
+    "| A J regret % | A carbon regret % | A SLO viol | A coverage | A out-of-support | verdict |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def main(argv: list[str]) -> int:
+    headline = "--headline" in argv
+    dirs = [Path(a) for a in argv if a != "--headline"]
+    print(HEADER)
+    n_pass = n = 0
+    for d in dirs:
+        if not (d / "metrics.json").is_file():
+            print(f"| {d.name} | (no metrics.json) |")
+            continue
+        line, ok = row(d, headline)
+        print(line)
+        n += 1
+        n_pass += ok
+    print(f"\n{n_pass} of {n} PASS")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
