@@ -56,11 +56,16 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     ),
     "runtime/decision/costs.py": (
         "carboncp.runtime.decision.costs",
-        [_RT + "test_costs_boundaries.py", _RT + "test_costs.py"],
+        [
+            _RT + "test_costs_boundaries.py",
+            _RT + "test_costs.py",
+            _RT + "test_expected_rule.py",
+            _RT + "test_objective_default.py",
+        ],
     ),
     "runtime/decision/policy.py": (
         "carboncp.runtime.decision.policy",
-        [_RT + "test_policy_exact.py", _RT + "test_policy.py"],
+        [_RT + "test_policy_exact.py", _RT + "test_policy.py", _RT + "test_expected_rule.py"],
     ),
     "runtime/decision/table.py": (
         "carboncp.runtime.decision.table",
