@@ -3,6 +3,7 @@
 
     python docs/scenarios/summarise.py OUT_DIR [OUT_DIR ...]    # each holds a metrics.json
     python docs/scenarios/summarise.py --headline OUT_DIR       # the headline's targets too
+    python docs/scenarios/summarise.py --coverage OUT_DIR ...   # issue 3's coverage targets
 
 Columns (carbon savings are against local-only, in % of local-only's carbon):
   A        CarbonCP-A (the runtime TablePolicy, expected-J rule)
@@ -93,9 +94,29 @@ HEADER = (
 )
 
 
+def coverage_rows(dirs: list[Path]) -> int:
+    """Issue 3's target: test coverage >= 1 - alpha - 0.02 at alpha 0.05 / 0.1 / 0.2, for split
+    CP (the table's sets calibrated on the evaluation's calibration period) and for ACI."""
+    print("| scenario | split CP at α = 0.05 / 0.1 / 0.2 | ACI at 0.05 / 0.1 / 0.2 | verdict |")
+    print("|---|---|---|---|")
+    n_pass = 0
+    for d in dirs:
+        cov = {round(c["alpha"], 3): c for c in json.loads((d / "metrics.json").read_text())["coverage_vs_alpha"]}
+        lv = (0.05, 0.1, 0.2)
+        miss = [f"{k} at {a}" for a in lv for k in ("split_cp", "aci") if cov[a][k] < 1 - a - 0.02]
+        n_pass += not miss
+        sp = " / ".join(f"{cov[a]['split_cp']:.3f}" for a in lv)
+        ac = " / ".join(f"{cov[a]['aci']:.3f}" for a in lv)
+        print(f"| {d.name} | {sp} | {ac} | {'PASS' if not miss else 'FAIL (' + ', '.join(miss) + ')'} |")
+    print(f"\n{n_pass} of {len(dirs)} PASS")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     headline = "--headline" in argv
-    dirs = [Path(a) for a in argv if a != "--headline"]
+    dirs = [Path(a) for a in argv if not a.startswith("--") and (Path(a) / "metrics.json").is_file()]
+    if "--coverage" in argv:
+        return coverage_rows(dirs)
     print(HEADER)
     n_pass = n = 0
     for d in dirs:

@@ -4,7 +4,7 @@
 # not built on. docs/RESULTS.md, "Transfer: the default bundle on links and grids".
 #
 #   docs/scenarios/transfer.sh            # build (if missing), the grid, the headline
-#   PART=grid docs/scenarios/transfer.sh  # or PART=headline
+#   PART=grid docs/scenarios/transfer.sh  # or PART=headline, PART=extra
 #
 # Outputs (bundle, derived traces, metrics.json per scenario) go under $E, not the repo.
 # Reads the full-year 2023 carbon traces and the 5G traces from ../shared/data.
@@ -15,6 +15,10 @@
 # 2023-01-01 .. 2023-09-10, which ends the day before the build's 8-week slices start
 # (2023-09-11), so evaluate's calibration (May-Jul) and test (Jul 10 - Sep 10) periods are
 # a season the build never saw. evaluate splits the replayed period 50/25/25 in time order.
+#
+# Extra (beyond the grid): scales the build never used (x3, x10) of every shipped
+# trace, DE-LU -> GB, where offloading is marginal; and the two measured 5G traces (links the
+# build never saw) at x1 against both zone pairs.
 #
 # Headline: ucc5g_static_part1 (measured static 5G, never in the build), full year 2023 at
 # 12 events/hour (26,280 test events, Oct-Dec), DE-LU device. No real pair of the three
@@ -71,6 +75,26 @@ if [ "$PART" = all ] || [ "$PART" = grid ]; then
     done
   done
   "$PY" docs/scenarios/summarise.py "$O"/*_x1 "$O"/*_x30 | tee "$O/grid.md"
+fi
+
+if [ "$PART" = all ] || [ "$PART" = extra ]; then
+  for t in $TRACES; do
+    for k in 3 10; do
+      [ -f "$E/data/${t}_x$k" ] || awk -v k=$k '{ printf "%s\t%.6f\n", $1, $2 * k }' "$D/bandwidth/$t" > "$E/data/${t}_x$k"
+      ev "DE-LU_GB_${t}_x$k" "$B" --events-per-hour "$EPH" \
+        --device-carbon "$E/data/DE-LU_2023-01-01_09-10.csv" \
+        --server-carbon "$E/data/GB_2023-01-01_09-10.csv" --bandwidth "$E/data/${t}_x$k"
+    done
+  done
+  for t in ucc5g_static_part1 ucc5g_driving_lte_5g; do
+    for pair in DE-LU:GB GB:US-CAL-CISO; do
+      dz=${pair%%:*} sz=${pair##*:}
+      ev "${dz}_${sz}_${t}" "$B" --events-per-hour "$EPH" \
+        --device-carbon "$E/data/${dz}_2023-01-01_09-10.csv" \
+        --server-carbon "$E/data/${sz}_2023-01-01_09-10.csv" --bandwidth "$S/bandwidth/$t"
+    done
+  done
+  "$PY" docs/scenarios/summarise.py "$O"/DE-LU_GB_*_x3 "$O"/DE-LU_GB_*_x10 "$O"/*_ucc5g_*/ | tee "$O/extra.md"
 fi
 
 if [ "$PART" = all ] || [ "$PART" = headline ]; then
