@@ -26,7 +26,9 @@ from carboncp.tooling.build import train_and_compile
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("src")
     ap.add_argument("out")
     g = ap.add_mutually_exclusive_group(required=True)
@@ -37,8 +39,11 @@ def main() -> None:
 
     everything = mixture.default_components()
     if a.zone:
+
         def keep(c: mixture.Component) -> bool:
-            return not any(p.name.startswith(a.zone + "_") for p in (c.device_carbon, c.server_carbon))
+            return not any(
+                p.name.startswith(a.zone + "_") for p in (c.device_carbon, c.server_carbon)
+            )
     else:
         names = set(a.links.split(","))
         unknown = names - {c.bandwidth.name for c in everything}

@@ -10,6 +10,7 @@ Columns (carbon savings are against local-only, in % of local-only's carbon):
   A-lower  mode A with the old single-quantile bandwidth rule (carboncp_a_lower)
   known-B  the known-bandwidth bound (mode A fed the realised bandwidth)
   oracle   the per-event best partition in hindsight
+  A/oracle A's saving as a share of the oracle's (when the oracle saves >= 5%)
   causal   the causal reference (best fixed table in hindsight, docs/METHOD.md §4)
   J reg    CarbonCP-A's objective regret against the causal reference (j_regret_pct)
   C reg    its carbon regret against the causal reference (regret_pct)
@@ -76,6 +77,7 @@ def row(path: Path, headline: bool = False) -> tuple[str, bool]:
         f(s_lo),
         f(s_kb),
         f(s_or),
+        f(100.0 * s_a / s_or, 0) if s_or >= PAYS_PCT else "-",
         f(s_ca),
         f(jreg),
         f(creg),
@@ -88,9 +90,9 @@ def row(path: Path, headline: bool = False) -> tuple[str, bool]:
 
 
 HEADER = (
-    "| scenario | n_test | A saving % | A-lower % | known-B % | oracle % | causal % "
+    "| scenario | n_test | A saving % | A-lower % | known-B % | oracle % | A/oracle % | causal % "
     "| A J regret % | A carbon regret % | A SLO viol | A coverage | A out-of-support | verdict |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -101,20 +103,27 @@ def coverage_rows(dirs: list[Path]) -> int:
     print("|---|---|---|---|")
     n_pass = 0
     for d in dirs:
-        cov = {round(c["alpha"], 3): c for c in json.loads((d / "metrics.json").read_text())["coverage_vs_alpha"]}
+        cov = {
+            round(c["alpha"], 3): c
+            for c in json.loads((d / "metrics.json").read_text())["coverage_vs_alpha"]
+        }
         lv = (0.05, 0.1, 0.2)
         miss = [f"{k} at {a}" for a in lv for k in ("split_cp", "aci") if cov[a][k] < 1 - a - 0.02]
         n_pass += not miss
         sp = " / ".join(f"{cov[a]['split_cp']:.3f}" for a in lv)
         ac = " / ".join(f"{cov[a]['aci']:.3f}" for a in lv)
-        print(f"| {d.name} | {sp} | {ac} | {'PASS' if not miss else 'FAIL (' + ', '.join(miss) + ')'} |")
+        print(
+            f"| {d.name} | {sp} | {ac} | {'PASS' if not miss else 'FAIL (' + ', '.join(miss) + ')'} |"
+        )
     print(f"\n{n_pass} of {len(dirs)} PASS")
     return 0
 
 
 def main(argv: list[str]) -> int:
     headline = "--headline" in argv
-    dirs = [Path(a) for a in argv if not a.startswith("--") and (Path(a) / "metrics.json").is_file()]
+    dirs = [
+        Path(a) for a in argv if not a.startswith("--") and (Path(a) / "metrics.json").is_file()
+    ]
     if "--coverage" in argv:
         return coverage_rows(dirs)
     print(HEADER)

@@ -4,7 +4,7 @@
 # not built on. docs/RESULTS.md, "Transfer: the default bundle on links and grids".
 #
 #   docs/scenarios/transfer.sh            # build (if missing), the grid, the headline
-#   PART=grid docs/scenarios/transfer.sh  # or PART=headline, PART=extra
+#   PART=grid docs/scenarios/transfer.sh  # or PART=headline, PART=extra, PART=compare
 #
 # Outputs (bundle, derived traces, metrics.json per scenario) go under $E, not the repo.
 # Reads the full-year 2023 carbon traces and the 5G traces from ../shared/data.
@@ -19,6 +19,9 @@
 # Extra (beyond the grid): scales the build never used (x3, x10) of every shipped
 # trace, DE-LU -> GB, where offloading is marginal; and the two measured 5G traces (links the
 # build never saw) at x1 against both zone pairs.
+#
+# Compare: the default bundle on docs/scenarios/run_results.sh's fast-link scenarios (full
+# year, 4 events/hour), next to the bundle specialised on them (docs/scenarios/build_fast.sh).
 #
 # Headline: ucc5g_static_part1 (measured static 5G, never in the build), full year 2023 at
 # 12 events/hour (26,280 test events, Oct-Dec), DE-LU device. No real pair of the three
@@ -95,6 +98,18 @@ if [ "$PART" = all ] || [ "$PART" = extra ]; then
     done
   done
   "$PY" docs/scenarios/summarise.py "$O"/DE-LU_GB_*_x3 "$O"/DE-LU_GB_*_x10 "$O"/*_ucc5g_*/ | tee "$O/extra.md"
+fi
+
+if [ "$PART" = all ] || [ "$PART" = compare ]; then
+  FY="--events-per-hour 4 --bandwidth $S/bandwidth/ucc5g_static_part1"
+  C="$S/carbon"
+  ev default_fast "$B" $FY --device-carbon "$C/DE-LU_2023_hourly.csv" --server-carbon "$C/GB_2023_hourly.csv"
+  ev default_fast_us "$B" $FY --device-carbon "$C/US-CAL-CISO_2023_hourly.csv" --server-carbon "$C/GB_2023_hourly.csv"
+  ev default_fast_gb "$B" $FY --device-carbon "$C/GB_2023_hourly.csv" --server-carbon "$C/DE-LU_2023_hourly.csv"
+  ev default_shift_link "$B" --events-per-hour 4 --device-carbon "$C/DE-LU_2023_hourly.csv" \
+    --server-carbon "$C/GB_2023_hourly.csv" --bandwidth "$S/bandwidth/ucc5g_driving_lte_5g" \
+    --calibrate-bandwidth "$S/bandwidth/ucc5g_static_part1"
+  "$PY" docs/scenarios/summarise.py "$O"/default_*/ | tee "$O/compare.md"
 fi
 
 if [ "$PART" = all ] || [ "$PART" = headline ]; then
