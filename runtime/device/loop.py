@@ -22,7 +22,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import IO, Any, Protocol
 
 import numpy as np
@@ -122,7 +122,8 @@ class InferenceRecord:
     carbon_refused: dict[str, int] = field(default_factory=dict)
     # the bandwidth probe run before this decision, if one ran: bytes, ms, energy_j (counted
     # in energy_j, model and carbon_g), bandwidth_mbps and rtt_ms measured (None if it failed),
-    # error, next_after_s (its backoff)
+    # error, next_after_s (its backoff), route ("private" | "infer" | "none": how the server
+    # was probed, docs/METHOD.md §2.1)
     probe: dict[str, Any] | None = None
     output: np.ndarray | None = field(default=None, repr=False)
 
@@ -173,8 +174,11 @@ def _offload_summary(result: OffloadResult) -> dict[str, Any]:
         "rtt_ms": result.rtt_ms,
         "send_ms": result.send_ms,
         "total_ms": result.total_ms,
-        "server_ms": result.server_ms,
+        # None where the server reports no time (a stock Open Inference Protocol server)
+        "server_ms": result.server_ms if result.link_measure == "server_ms" else None,
+        "upload_ms": result.upload_ms,
         "bandwidth_mbps": result.bandwidth_mbps,
+        "link_measure": result.link_measure,  # "server_ms" | "upload" (docs/METHOD.md §2.1)
     }
 
 
@@ -326,6 +330,8 @@ class DeviceLoop:
         idle power plus the radio's at the rate it measured (the estimate's when it failed)."""
         if self.client is None or self.cfg.probe_after_s is None:
             return None
+        if getattr(self.client, "probe_route", None) == "none":  # the server cannot be probed
+            return None
         client, after_s, max_s = self.client, self.cfg.probe_after_s, self.cfg.probe_backoff_max_s
         timeout_s = max(1e-3, min(2.0, self.cfg.deadline_ms / 1000.0))
         outcome = self._guard(
@@ -335,7 +341,9 @@ class DeviceLoop:
             ),
             None,
         )
-        return outcome if isinstance(outcome, ProbeOutcome) else None
+        if not isinstance(outcome, ProbeOutcome):
+            return None
+        return replace(outcome, route=getattr(client, "probe_route", None))
 
     def _probe_power_mw(self, bandwidth_mbps: float | None) -> float:
         """Board power while probing: idle (p_idle_mw, else the profile's) plus the radio's at
@@ -602,8 +610,10 @@ class DeviceLoop:
             wait_ms = 0.0
             bw = self.estimator.bandwidth_mbps
             if result is not None:
-                radio_ms = max(0.0, result.total_ms - result.server_ms)
                 wait_ms = result.server_ms
+                if result.link_measure != "server_ms":  # the wait is what the upload leaves
+                    wait_ms = max(0.0, result.total_ms - result.rtt_ms - result.upload_ms)
+                radio_ms = max(0.0, result.total_ms - wait_ms)
                 bw = result.bandwidth_mbps
             p_radio = cm.objective.radio_power_mw(bw)
             modelled = (

@@ -8,7 +8,12 @@ early as soon as the bytes sent so far show the deadline cannot be met. Every fa
 how long the radio was busy, so the loop can finish locally and count the wasted time.
 
 Realised link figures: RTT is the TCP connect time (one round trip) plus the shaper's
-emulated RTT; the uplink rate is the payload's bits over (round trip - server time - RTT).
+emulated RTT; the uplink rate is the payload's bits over (round trip - server time - RTT) when
+the server reports its time (`server_ms`, `carboncp serve`), else over the upload itself: from
+the first byte sent until the server's TCP has acknowledged the last (Linux SIOCOUTQ), less the
+connect round trip (`link_measure` says which; docs/METHOD.md §2.1). A stock Open Inference
+Protocol server (Triton, KServe) reports no `server_ms` and has no probe route: the probe then
+falls back, once per client, to a small real inference timed the same way (`probe_route`).
 
 A refusal is named by its status: `unauthorized` (401/403: the bearer token is wrong; one
 warning on stderr the first time), `busy` (503: saturated or still warming up), `refused`
@@ -20,10 +25,20 @@ still reads the answer it was sent, so a refusal is never mistaken for `unreacha
 from __future__ import annotations
 
 import json
+import select
 import socket
+import struct
 import sys
 import time
 from dataclasses import dataclass
+
+try:  # Linux: bytes in a TCP socket's send queue not yet acknowledged by the peer
+    import fcntl
+    import termios
+
+    _SIOCOUTQ: int | None = termios.TIOCOUTQ
+except (ImportError, AttributeError):  # pragma: no cover - not Linux
+    _SIOCOUTQ = None
 
 import numpy as np
 from carboncp.runtime.artifacts.bundle import Bundle
@@ -41,6 +56,11 @@ PROBE_BYTES = 32 * 1024  # large enough to time on a fast link, small next to an
 MAX_DEADLINE_S = 3600.0  # longer deadlines are clamped (socket timeouts overflow near 1e300)
 ANSWER_AFTER_RESET_S = 0.5  # after a failed send: how long to look for the server's answer
 REFUSAL_KINDS = {401: "unauthorized", 403: "unauthorized", 503: "busy"}
+ACK_POLL_S = 0.001  # while the last bytes of an upload await their TCP acknowledgement
+# How the link was measured (OffloadResult.link_measure) and probed (OffloadClient.probe_route)
+LINK_MEASURES = ("server_ms", "upload")
+PROBE_ROUTES = ("private", "infer", "none")
+NO_ROUTE_STATUSES = (404, 405, 501)  # the probe route does not exist on this server
 
 
 class OffloadFailed(OffloadError):
@@ -65,6 +85,14 @@ class OffloadResult:
     server_ms: float
     server_load: float
     bandwidth_mbps: float  # realised uplink rate
+    # "server_ms": payload bits / (round trip - server_ms - RTT), the server reported its time;
+    # "upload": payload bits / upload_ms (less the connect RTT), the server reported none
+    link_measure: str = "server_ms"
+    upload_ms: float = 0.0  # first byte sent -> last byte acknowledged by the server's TCP
+
+
+class ProbeUnavailable(ConnectionError):
+    """The server has neither the private probe route nor an inference to probe with."""
 
 
 def parse_server_url(url: str) -> tuple[str, int]:
@@ -96,6 +124,10 @@ class OffloadClient:
         self.out_spec = wire.output_spec(bundle)
         self.chunk_bytes = SHAPED_CHUNK_BYTES if shaper is not None else CHUNK_BYTES
         self.warned_unauthorized = False
+        # How this server is probed, decided at the first probe that learns it: "private"
+        # (PROBE_PATH answered), "infer" (PROBE_PATH answered 404: a small real inference),
+        # "none" (neither route exists: the device does not probe). None: not known yet.
+        self.probe_route: str | None = None
 
     def spec(self, p: int) -> wire.WireSpec:
         return wire.wire_spec(self.bundle, p, float16=self.float16)
@@ -127,6 +159,7 @@ class OffloadClient:
             except OSError as exc:
                 kind = "timeout" if isinstance(exc, TimeoutError) else "unreachable"
                 raise OffloadFailed(kind, f"{self.url}: {exc}", time.monotonic() - t0) from None
+            handshake_s = time.monotonic() - t0
             rtt_ms = self._link_up(sock, t0, deadline)
             t_send = time.monotonic()
             total = len(payload)
@@ -171,6 +204,8 @@ class OffloadClient:
                     self._refusal(status, body, time.monotonic() - t0, sent)
                 sent += len(chunk)
             send_ms = (time.monotonic() - t_send) * 1000.0
+            _wait_acknowledged(sock, deadline)
+            upload_ms = (time.monotonic() - t_send) * 1000.0
             status, headers, body = self._read_response(sock, deadline)
         except OffloadFailed:
             raise
@@ -196,9 +231,15 @@ class OffloadClient:
             y, params = self._decode_response(headers, body)
         except (wire.WireFormatError, ValueError, TypeError) as exc:  # e.g. "data": {...}
             raise OffloadFailed("bad_response", str(exc), elapsed, sent) from None
-        server_ms = _finite(params.get("server_ms"), 0.0)
+        reported = _finite_or_none(params.get("server_ms"))
+        server_ms = 0.0 if reported is None else max(0.0, reported)
         server_load = min(1.0, max(0.0, _finite(params.get("server_load"), 0.0)))
-        transfer_s = max(send_ms / 1000.0, (total_ms - server_ms - rtt_ms) / 1000.0, 1e-6)
+        if reported is not None:
+            measure = "server_ms"
+            transfer_s = max(send_ms / 1000.0, (total_ms - server_ms - rtt_ms) / 1000.0, 1e-6)
+        else:  # a stock server: the round trip holds the tail's compute, time the upload
+            measure = "upload"
+            transfer_s = max(send_ms / 1000.0, upload_ms / 1000.0 - handshake_s, 1e-6)
         return OffloadResult(
             output=y,
             partition=p,
@@ -210,6 +251,8 @@ class OffloadClient:
             server_ms=server_ms,
             server_load=server_load,
             bandwidth_mbps=8.0 * len(data) / transfer_s / 1e6,
+            link_measure=measure,
+            upload_ms=upload_ms,
         )
 
     def _refusal(self, status: int, body: bytes, elapsed: float, sent: int) -> None:
@@ -323,10 +366,62 @@ class OffloadClient:
         return y, params if isinstance(params, dict) else {}
 
     def probe(self, nbytes: int = PROBE_BYTES, timeout_s: float = 2.0) -> tuple[float, float, int]:
-        """Active probe: POST nbytes to the server's probe route over the (shaped) link.
+        """Active probe over the (shaped) link, by the route this server has (`probe_route`):
+        POST nbytes to the private probe route; where that answers 404 (a stock Open Inference
+        Protocol server), a small real inference timed by its upload (`probe_by_inference`);
+        where the server has neither, ProbeUnavailable. The fallback is decided once.
 
         Returns (bandwidth_mbps, rtt_ms, bytes sent and received); raises OSError on failure
         (the estimator counts the probe's cost either way)."""
+        if self.probe_route == "none":
+            raise ProbeUnavailable(f"{self.url} has no probe route and no inference to probe")
+        if self.probe_route == "infer":
+            return self.probe_by_inference(timeout_s)
+        try:
+            measured = self._probe_private(nbytes, timeout_s)
+        except _NoProbeRoute:
+            self.probe_route = "infer"
+            p = self.probe_partition()
+            print(
+                f"carboncp: the edge server {self.url} has no {PROBE_PATH} route (a stock "
+                f"Open Inference Protocol server): probing the link with a p={p} inference "
+                f"({self.spec(p).nbytes} bytes) instead",
+                file=sys.stderr,
+                flush=True,
+            )
+            return self.probe_by_inference(timeout_s)
+        self.probe_route = "private"
+        return measured
+
+    def probe_partition(self) -> int:
+        """The partition a probe by inference sends: the fewest wire bytes that still time a
+        link as well as the private probe (>= PROBE_BYTES), else the most bytes there are;
+        on a tie the later cut (the smaller tail)."""
+        sizes = [(self.spec(p).nbytes, p) for p in range(self.bundle.last)]
+        enough = [(n, -p) for n, p in sizes if n >= PROBE_BYTES]
+        if enough:
+            return -min(enough)[1]
+        return max(sizes)[1]
+
+    def probe_by_inference(self, timeout_s: float = 2.0) -> tuple[float, float, int]:
+        """Probe through the route any v2 server has: one inference of zeros on
+        `probe_partition()`, its rate taken from its upload like any transfer's. A refusal
+        (4xx other than 401/403: the model is not deployed, or not in this encoding) means
+        this server cannot be probed: `probe_route` "none"."""
+        p = self.probe_partition()
+        spec = self.spec(p)
+        x = np.zeros(spec.shape, np.uint8 if spec.dtype == "uint8" else np.float32)
+        try:
+            r = self.infer(p, x, timeout_s)
+        except OffloadFailed as exc:
+            if exc.kind == "refused":  # 4xx: no such model, or not this encoding
+                self.probe_route = "none"
+                raise ProbeUnavailable(f"probe by inference: {exc}") from None
+            raise ConnectionError(f"probe by inference: {exc}") from None
+        return r.bandwidth_mbps, r.rtt_ms, r.bytes_sent + self.out_spec.nbytes
+
+    def _probe_private(self, nbytes: int, timeout_s: float) -> tuple[float, float, int]:
+        """POST nbytes to the server's private probe route (PROBE_PATH); _NoProbeRoute on 404."""
         body = bytes(nbytes)
         head = (
             f"POST {PROBE_PATH} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
@@ -347,6 +442,8 @@ class OffloadClient:
                 sock.settimeout(max(1e-3, deadline - time.monotonic()))
                 sock.sendall(chunk)
             status, _, answer = self._read_response(sock, deadline)
+        if status in NO_ROUTE_STATUSES:
+            raise _NoProbeRoute(f"probe answered HTTP {status}")
         if status != 200:
             raise ConnectionError(f"probe answered HTTP {status}")
         total_ms = (time.monotonic() - t0) * 1000.0
@@ -368,12 +465,43 @@ class OffloadClient:
             return False
 
 
+class _NoProbeRoute(ConnectionError):
+    """The private probe route answered 404."""
+
+
+def _wait_acknowledged(sock: socket.socket, deadline: float) -> None:
+    """Return once the peer's TCP has acknowledged every byte sent (Linux SIOCOUTQ = 0), its
+    answer is readable, or the deadline passes; at once where the queue cannot be read. A
+    send returns when the kernel has the bytes, which on a radio link can be the whole
+    activation: the acknowledgement is when they crossed."""
+    if _SIOCOUTQ is None:
+        return
+    while True:
+        try:
+            queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            return
+        remaining = deadline - time.monotonic()
+        if queued <= 0 or remaining <= 0:
+            return
+        readable, _, _ = select.select([sock], [], [], min(ACK_POLL_S, remaining))
+        if readable:
+            return
+
+
 def _finite(v: object, default: float) -> float:
+    f = _finite_or_none(v)
+    return default if f is None else f
+
+
+def _finite_or_none(v: object) -> float | None:
+    if v is None:
+        return None
     try:
         f = float(v)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON int past 1e308
-        return default
-    return f if np.isfinite(f) else default
+        return None
+    return f if np.isfinite(f) else None
 
 
 def _error_text(body: bytes) -> str:

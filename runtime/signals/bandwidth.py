@@ -80,6 +80,9 @@ class ProbeOutcome:
     rtt_ms: float | None
     error: str | None
     next_after_s: float  # the wait before the next probe, unless a transfer succeeds first
+    # the route that carried it: "private" (the server's probe route), "infer" (a small real
+    # inference: a stock Open Inference Protocol server), "none" (the server has neither)
+    route: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -94,6 +97,7 @@ class ProbeOutcome:
             "rtt_ms": self.rtt_ms,
             "error": self.error,
             "next_after_s": self.next_after_s,
+            "route": self.route,
         }
 
 
