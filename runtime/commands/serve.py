@@ -1,8 +1,11 @@
 """Run a bundle's tails as an edge server (KServe v2 / Open Inference Protocol over HTTP).
 
-Each partition p < P is one model, `{model}-tail-p{p}` (see docs/SERVER.md), run with the
-ExecuTorch runtime. Requests use the binary tensor data extension; model, partition, dtype,
-shape and byte size are checked against the bundle before anything runs.
+Each partition p < P is one model, `{model}-tail-p{p}`, and where the bundle allows float16
+on the wire a second one, `{model}-tail-p{p}-fp16` (one datatype per model; see
+docs/SERVER.md), run with the ExecuTorch runtime. Requests use the binary tensor data
+extension or JSON data (up to --max-json-mb); outputs are JSON unless binary is asked for;
+model, partition, dtype, shape and byte size are checked against the bundle before anything
+runs.
 
 Example:
   carboncp serve models/resnet18-rpi4 --host 0.0.0.0 --port 8000 --token "$TOKEN"
@@ -35,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
     parser.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN'")
     parser.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit")
+    parser.add_argument(
+        "--max-json-mb",
+        type=float,
+        default=4.0,
+        help="limit of a request's JSON part, JSON 'data' inputs included (default 4); larger "
+        "tensors must be sent as binary data",
+    )
     parser.add_argument("--max-concurrency", type=int, default=4, help="inferences in flight")
     parser.add_argument(
         "--workers",
@@ -72,11 +82,13 @@ def run(args: argparse.Namespace) -> int:
     from carboncp.runtime.checks import check_number
     from carboncp.runtime.decision.sections import check_sections
     from carboncp.runtime.errors import BackendMissingError, BundleError, ConfigError
+    from carboncp.runtime.link.routes import FP16_SUFFIX
     from carboncp.runtime.link.server import EdgeHTTPServer, TailService, executorch_tails, warm_up
     from carboncp.runtime.link.tail_workers import TailWorkers
 
     check_number(args.max_concurrency, "--max-concurrency", lo=1)
     check_number(args.max_body_mb, "--max-body-mb", lo=0, lo_open=True, hi=4096)
+    check_number(args.max_json_mb, "--max-json-mb", lo=0, lo_open=True, hi=4096)
     check_number(args.port, "--port", lo=0, hi=65535)
     check_number(args.header_timeout_s, "--header-timeout-s", lo=0, lo_open=True, hi=300)
     if args.workers is not None:
@@ -102,7 +114,11 @@ def run(args: argparse.Namespace) -> int:
         raise RuntimeError("tails not loaded yet")
 
     service = TailService(
-        bundle, not_loaded, max_concurrency=args.max_concurrency, serialise=pool is None
+        bundle,
+        not_loaded,
+        max_concurrency=args.max_concurrency,
+        serialise=pool is None,
+        max_json_bytes=int(args.max_json_mb * (1 << 20)),
     )
     try:
         httpd = EdgeHTTPServer(
@@ -141,9 +157,11 @@ def run(args: argparse.Namespace) -> int:
                 + "); re-export the bundle with 'carboncp export'"
             )
         failed = f"; tails {sorted(service.failed)} failed (500)" if service.failed else ""
+        fp16 = sum(name.endswith(FP16_SUFFIX) for name in service.models)
         print(
             f"carboncp serve: ready on {httpd.url} (models {bundle.model_name}-tail-p0.."
-            f"p{bundle.last - 1}{', token required' if token else ''}{failed})",
+            f"p{bundle.last - 1}{f' and {fp16} -fp16' if fp16 else ''}"
+            f"{', token required' if token else ''}{failed})",
             flush=True,
         )
         while True:

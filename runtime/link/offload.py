@@ -291,7 +291,7 @@ class OffloadClient:
 
     def _request_head(self, p: int, content_length: int, header_length: int) -> bytes:
         lines = [
-            f"POST /v2/models/{model_name(self.bundle, p)}/infer HTTP/1.1",
+            f"POST /v2/models/{model_name(self.bundle, p, self.float16)}/infer HTTP/1.1",
             f"Host: {self.host}:{self.port}",
             "Content-Type: application/octet-stream",
             f"Content-Length: {content_length}",

@@ -1,11 +1,14 @@
 """The edge server: runs a bundle's tails over HTTP with the KServe v2 / Open Inference Protocol.
 
-One model per partition, named `{model}-tail-p{p}` (docs/SERVER.md), so that Triton or KServe
-can serve the same tails with one model repository entry each. Requests use the binary tensor
-data extension. Everything about a request (model, partition, dtype, shape, byte size) is
-checked against the bundle before any tensor is built or any tail runs; the body is bounded
-(413), in-flight inferences are bounded (503), an optional bearer token guards every route
-except the health probes (401), and every malformed request gets a 4xx with a JSON error.
+One model per partition and datatype, named `{model}-tail-p{p}` (the bundle's wire dtype) and
+`{model}-tail-p{p}-fp16` (float16, where the bundle allows it) (docs/SERVER.md), so that Triton
+or KServe can serve the same tails with one model repository entry each. Requests use the
+binary tensor data extension, or JSON `data` up to `max_json_bytes`; outputs are JSON unless
+binary is asked for, as the protocol says. Everything about a request (model, partition,
+dtype, shape, byte size) is checked against the bundle before any tensor is built or any tail
+runs; the body is bounded (413), in-flight inferences are bounded (503), an optional bearer
+token guards every route except the health and readiness probes (401), compressed bodies are
+refused (415), and every malformed request gets a 4xx with a JSON error.
 Every refusal drains (a bounded part of) the unread body before closing, so the client reads
 the answer instead of a reset.
 
@@ -24,6 +27,7 @@ import contextlib
 import hmac
 import io
 import json
+import math
 import re
 import socket
 import sys
@@ -43,6 +47,8 @@ _MODEL_RE = re.compile(
     r"^/v2/models/([A-Za-z0-9_.\-]{1,128})(?:/versions/[A-Za-z0-9_.\-]{1,32})?(/infer|/ready)?$"
 )
 TailFn = Callable[[int, np.ndarray], np.ndarray]
+
+MAX_JSON_BYTES = 4 << 20  # default bound of a request's JSON part (JSON `data` inputs included)
 
 HEADER_TIMEOUT_S = 5.0  # request line + headers, and the idle wait between keep-alive requests
 MIN_BODY_RATE = 64 * 1024  # bytes/s: a body slower than this (after 5 s of grace) is dropped
@@ -70,16 +76,22 @@ class TailService:
         run_tail: TailFn,
         max_concurrency: int = 4,
         serialise: bool = True,
+        max_json_bytes: int = MAX_JSON_BYTES,
     ):
         """`serialise`: one tail at a time (an in-process runner is not thread-safe); a
-        worker pool (TailWorkers.run) runs several at once and passes False."""
+        worker pool (TailWorkers.run) runs several at once and passes False.
+        `max_json_bytes`: bound of a request's JSON part, JSON `data` inputs included."""
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
         self.bundle = bundle
         self.run_tail = run_tail
         self.max_concurrency = max_concurrency
-        self.models = {model_name(bundle, p): p for p in range(bundle.last)}
-        self.specs = {p: wire.accepted_specs(bundle, p) for p in range(bundle.last)}
+        self.max_json_bytes = int(max_json_bytes)
+        # model name -> (partition, the one input it takes): one datatype per model
+        self.models: dict[str, tuple[int, wire.WireSpec]] = {}
+        for p in range(bundle.last):
+            for spec in wire.accepted_specs(bundle, p):
+                self.models[model_name(bundle, p, spec.dtype == "float16")] = (p, spec)
         self.out_spec = wire.output_spec(bundle)
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._run_lock: contextlib.AbstractContextManager[Any] = (
@@ -101,18 +113,13 @@ class TailService:
         return min(1.0, self.in_flight / self.max_concurrency)
 
     def metadata(self, name: str) -> dict[str, Any]:
-        p = self._partition(name)
+        p, spec = self._model(name)
         return {
             "name": name,
             "versions": ["1"],
             "platform": "executorch",
             "inputs": [
-                {
-                    "name": wire.INPUT_NAME,
-                    "datatype": s.datatype,
-                    "shape": list(s.shape),
-                }
-                for s in self.specs[p]
+                {"name": wire.INPUT_NAME, "datatype": spec.datatype, "shape": list(spec.shape)}
             ],
             "outputs": [
                 {
@@ -124,7 +131,7 @@ class TailService:
             "parameters": {"partition": p, "cut": self.bundle.partitions[p].cut},
         }
 
-    def _partition(self, name: str) -> int:
+    def _model(self, name: str) -> tuple[int, wire.WireSpec]:
         if name not in self.models:
             raise RequestError(
                 404, f"unknown model {name!r}; this server has {sorted(self.models)}"
@@ -132,50 +139,46 @@ class TailService:
         return self.models[name]
 
     def check(self, name: str, body: bytes, header_length: str | None):
-        """Everything about a request, checked before a tensor is built: (p, spec, data, binary_out)."""
-        p = self._partition(name)
+        """Everything about a request, checked before a tensor is built:
+        (p, spec, tensor bytes, binary_out, request id)."""
+        p, spec = self._model(name)
         try:
             head_raw, binary = wire.split_body(body, header_length)
-            head = wire.parse_json_header(head_raw)
+            head = wire.parse_json_header(head_raw, limit=self.max_json_bytes)
             inputs = head.get("inputs")
             if not isinstance(inputs, list) or len(inputs) != 1:
                 raise wire.WireFormatError("'inputs' must list exactly one tensor")
             entry = inputs[0]
-            spec, size = wire.tensor_spec_of(entry, "inputs[0]")
+            got, size = wire.tensor_spec_of(entry, "inputs[0]")
         except wire.WireFormatError as exc:
             raise RequestError(400, str(exc)) from None
         if entry.get("name") != wire.INPUT_NAME:
             raise RequestError(400, f"inputs[0].name must be {wire.INPUT_NAME!r}")
-        if spec not in self.specs[p]:
-            allowed = ", ".join(f"{s.datatype}{list(s.shape)}" for s in self.specs[p])
-            raise RequestError(
-                400, f"{name} takes {allowed}; got {spec.datatype}{list(spec.shape)}"
-            )
-        if size is None:
+        if got != spec:
+            hint = ""
+            for other, (q, s) in self.models.items():
+                if q == p and s == got:
+                    hint = f"; send {got.datatype} to model {other!r}"
             raise RequestError(
                 400,
-                "only the binary tensor data extension is accepted (parameters.binary_data_size)",
+                f"{name} takes {spec.datatype}{list(spec.shape)}; "
+                f"got {got.datatype}{list(got.shape)}{hint}",
             )
-        if size != spec.nbytes or len(binary) != size:
+        if size is None:
+            if "data" not in entry:
+                raise RequestError(
+                    400, "inputs[0] has neither parameters.binary_data_size nor JSON 'data'"
+                )
+            if len(binary):
+                raise RequestError(400, "binary bytes after the header, but no binary_data_size")
+            binary = memoryview(_json_tensor(entry["data"], spec))
+        elif size != spec.nbytes or len(binary) != size:
             raise RequestError(
                 400,
                 f"binary_data_size {size} and {len(binary)} body bytes after the header must "
                 f"both equal {spec.nbytes} for {spec.datatype}{list(spec.shape)}",
             )
-        binary_out = True
-        outputs = head.get("outputs")
-        if outputs is not None:
-            if not isinstance(outputs, list) or len(outputs) > 1:
-                raise RequestError(400, "'outputs' must list at most one tensor")
-            if outputs:
-                o = outputs[0]
-                if not isinstance(o, dict) or o.get("name") != wire.OUTPUT_NAME:
-                    raise RequestError(400, f"outputs[0].name must be {wire.OUTPUT_NAME!r}")
-                params = o.get("parameters") or {}
-                if not isinstance(params, dict):
-                    raise RequestError(400, "outputs[0].parameters must be an object")
-                binary_out = params.get("binary_data", True) is not False
-        return p, spec, binary, binary_out, head.get("id")
+        return p, spec, binary, _binary_output(head), head.get("id")
 
     def infer(self, name: str, body: bytes, header_length: str | None) -> tuple[bytes, int | None]:
         """Run one checked request; returns (response body, JSON header length or None)."""
@@ -385,6 +388,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, {"live": True})
         if path == "/v2/health/ready":
             return self._json(200 if svc.ready else 503, {"ready": svc.ready})
+        m = _MODEL_RE.match(path)
+        if m and m.group(2) == "/ready":  # a readiness probe: no token, like /v2/health/ready
+            if m.group(1) not in svc.models:
+                return self._error(404, f"unknown model {m.group(1)!r}; see GET /v2/models")
+            ok = svc.ready and svc.models[m.group(1)][0] not in svc.failed
+            return self._json(200 if ok else 503, {"ready": ok})
         if not self._authorised():
             return None
         if path == "/v2":
@@ -394,16 +403,11 @@ class _Handler(BaseHTTPRequestHandler):
             )
         if path == "/v2/models":
             return self._json(200, {"models": sorted(svc.models)})
-        m = _MODEL_RE.match(path)
-        if m and m.group(2) in (None, "/ready"):
+        if m and m.group(2) is None:
             try:
-                meta = svc.metadata(m.group(1))
+                return self._json(200, svc.metadata(m.group(1)))
             except RequestError as exc:
                 return self._error(exc.status, str(exc))
-            if m.group(2) == "/ready":
-                ok = svc.ready and meta["parameters"]["partition"] not in svc.failed
-                return self._json(200 if ok else 503, {"ready": ok})
-            return self._json(200, meta)
         return self._error(404, f"no route GET {path}")
 
     def do_POST(self) -> None:
@@ -429,6 +433,19 @@ class _Handler(BaseHTTPRequestHandler):
         if length > self.server.max_body_bytes:
             return self._refuse(
                 413, f"body of {length} bytes exceeds the limit of {self.server.max_body_bytes}"
+            )
+        encoding = self.headers.get("Content-Encoding", "identity").strip()
+        if encoding.lower() != "identity":
+            return self._refuse(
+                415, f"Content-Encoding {encoding!r} is not supported; send the body uncompressed"
+            )
+        json_length = _json_part_length(length, self.headers.get(wire.HEADER_LENGTH))
+        if json_length > svc.max_json_bytes:
+            return self._refuse(
+                413,
+                f"JSON part of {json_length} bytes exceeds the limit of {svc.max_json_bytes} "
+                "for JSON data; send the tensor as binary data (binary tensor data extension: "
+                f"parameters.binary_data_size and the {wire.HEADER_LENGTH} header)",
             )
         if m.group(1) not in svc.models:
             return self._refuse(404, f"unknown model {m.group(1)!r}; see GET /v2/models")
@@ -574,6 +591,72 @@ class EdgeHTTPServer(ThreadingHTTPServer):
         return f"http://{host if isinstance(host, str) else host.decode()}:{port}"
 
 
+def _json_part_length(length: int, header_length: str | None) -> int:
+    """Bytes of a request's JSON part: the whole body without Inference-Header-Content-Length
+    (an invalid value is refused with 400 once the body is read)."""
+    if header_length is None:
+        return length
+    try:
+        return min(length, max(0, int(header_length)))
+    except ValueError:
+        return 0
+
+
+def _json_tensor(data: Any, spec: wire.WireSpec) -> bytes:
+    """A JSON `data` input (flat or nested, row-major) as the wire bytes of `spec`, checked."""
+    if not isinstance(data, list):
+        raise RequestError(400, "inputs[0].data must be a list of numbers")
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise RequestError(
+            400, "inputs[0].data must be a (flat or nested) list of numbers"
+        ) from None
+    kinds = "iu" if spec.dtype == "uint8" else "iuf"
+    if arr.dtype.kind not in kinds:
+        what = "integers in 0..255" if spec.dtype == "uint8" else "numbers"
+        raise RequestError(400, f"inputs[0].data must hold {what} for {spec.datatype}")
+    n = math.prod(spec.shape)
+    if arr.size != n:
+        raise RequestError(
+            400, f"inputs[0].data has {arr.size} values; {spec.datatype}{list(spec.shape)} has {n}"
+        )
+    if spec.dtype == "uint8" and (arr.min() < 0 or arr.max() > 255):
+        raise RequestError(400, "inputs[0].data must hold integers in 0..255 for UINT8")
+    with np.errstate(over="ignore", invalid="ignore"):  # out-of-range floats become inf
+        return wire.encode(arr.reshape(spec.shape).astype(spec.dtype), spec)
+
+
+def _binary_output(head: dict[str, Any]) -> bool:
+    """Whether the answer carries the output as binary data: only when asked for, by the
+    output's `binary_data` parameter or the request's `binary_data_output` (the protocol's
+    binary tensor data extension); JSON otherwise, as the protocol's default."""
+    params = head.get("parameters")
+    params = {} if params is None else params
+    if not isinstance(params, dict):
+        raise RequestError(400, "'parameters' must be an object")
+    binary = params.get("binary_data_output", False)
+    if not isinstance(binary, bool):
+        raise RequestError(400, "parameters.binary_data_output must be true or false")
+    outputs = head.get("outputs")
+    if outputs is None:
+        return binary
+    if not isinstance(outputs, list) or len(outputs) > 1:
+        raise RequestError(400, "'outputs' must list at most one tensor")
+    if outputs:
+        o = outputs[0]
+        if not isinstance(o, dict) or o.get("name") != wire.OUTPUT_NAME:
+            raise RequestError(400, f"outputs[0].name must be {wire.OUTPUT_NAME!r}")
+        o_params = o.get("parameters")
+        o_params = {} if o_params is None else o_params
+        if not isinstance(o_params, dict):
+            raise RequestError(400, "outputs[0].parameters must be an object")
+        binary = o_params.get("binary_data", binary)
+        if not isinstance(binary, bool):
+            raise RequestError(400, "outputs[0].parameters.binary_data must be true or false")
+    return binary
+
+
 def executorch_tails(bundle: Bundle) -> TailFn:
     """The ExecuTorch tail runner of the bundle, as a function p, x -> y (lazy heavy import)."""
     from carboncp.runtime.artifacts.runners import make_runner
@@ -590,7 +673,7 @@ def warm_up(service: TailService, log: Callable[[str], None] | None = None) -> N
     for p in range(service.bundle.last):
         if p in service.failed:
             continue
-        spec = service.specs[p][0]
+        spec = wire.wire_spec(service.bundle, p)
         x = np.zeros(spec.shape, dtype=spec.dtype)
         try:
             service.run_tail(p, x if spec.dtype == "uint8" else x.astype(np.float32))

@@ -120,10 +120,11 @@ def request_header(
     return json.dumps(head, separators=(",", ":")).encode()
 
 
-def parse_json_header(raw: bytes | memoryview) -> dict[str, Any]:
-    """A request/response JSON header as a dict, or WireFormatError saying what is wrong."""
-    if len(raw) > MAX_HEADER_BYTES:
-        raise WireFormatError(f"JSON header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+def parse_json_header(raw: bytes | memoryview, limit: int = MAX_HEADER_BYTES) -> dict[str, Any]:
+    """A request/response JSON header as a dict, or WireFormatError saying what is wrong.
+    `limit`: its largest size (the server raises it for JSON `data` inputs)."""
+    if len(raw) > limit:
+        raise WireFormatError(f"JSON header of {len(raw)} bytes exceeds {limit}")
     try:
         obj = json.loads(bytes(raw).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

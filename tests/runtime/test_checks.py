@@ -57,7 +57,7 @@ def test_run_log_in_a_missing_folder_is_a_config_error(tiny_bundle, tmp_path, ca
 @pytest.mark.parametrize(
     "flags",
     [["--port", "70000"], ["--port", "-1"], ["--max-body-mb", "inf"], ["--max-body-mb", "nan"],
-     ["--max-concurrency", "0"]],
+     ["--max-concurrency", "0"], ["--max-json-mb", "0"], ["--max-json-mb", "nan"]],
 )  # fmt: skip
 def test_serve_flags_out_of_range(tmp_path, capsys, flags) -> None:
     assert cli_main(["serve", str(tmp_path), *flags]) == 2

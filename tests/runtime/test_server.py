@@ -110,12 +110,21 @@ def test_health_and_metadata(inproc, bundle):
     status, _, body = _get(inproc.url, "/v2/health/ready")
     assert status == 200 and json.loads(body) == {"ready": True}
     status, _, body = _get(inproc.url, "/v2/models")
-    assert json.loads(body)["models"] == [f"tiny_net-tail-p{p}" for p in range(bundle.last)]
+    fp16 = [p for p in range(1, bundle.last) if bundle.partitions[p].float16 is not None]
+    assert fp16, "the tiny bundle records float16 errors"
+    assert json.loads(body)["models"] == sorted(
+        [f"tiny_net-tail-p{p}" for p in range(bundle.last)]
+        + [f"tiny_net-tail-p{p}-fp16" for p in fp16]
+    )
     status, _, body = _get(inproc.url, "/v2/models/tiny_net-tail-p1")
     meta = json.loads(body)
     assert status == 200 and meta["parameters"]["partition"] == 1
-    assert {i["datatype"] for i in meta["inputs"]} == {"FP32", "FP16"}
+    assert [i["datatype"] for i in meta["inputs"]] == ["FP32"]  # one entry per input
     assert meta["inputs"][0]["shape"] == list(bundle.partitions[1].wire_shape)
+    status, _, body = _get(inproc.url, f"/v2/models/tiny_net-tail-p{fp16[0]}-fp16")
+    meta = json.loads(body)
+    assert status == 200 and meta["parameters"]["partition"] == fp16[0]
+    assert [i["datatype"] for i in meta["inputs"]] == ["FP16"]
     assert meta["outputs"][0]["shape"] == list(bundle.output_shape)
     status, _, body = _get(inproc.url, "/v2/models/tiny_net-tail-p0")
     assert [i["datatype"] for i in json.loads(body)["inputs"]] == ["UINT8"]
