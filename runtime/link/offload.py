@@ -234,12 +234,10 @@ class OffloadClient:
         reported = _finite_or_none(params.get("server_ms"))
         server_ms = 0.0 if reported is None else max(0.0, reported)
         server_load = min(1.0, max(0.0, _finite(params.get("server_load"), 0.0)))
-        if reported is not None:
-            measure = "server_ms"
-            transfer_s = max(send_ms / 1000.0, (total_ms - server_ms - rtt_ms) / 1000.0, 1e-6)
-        else:  # a stock server: the round trip holds the tail's compute, time the upload
-            measure = "upload"
-            transfer_s = max(send_ms / 1000.0, upload_ms / 1000.0 - handshake_s, 1e-6)
+        measure, transfer_s = _transfer_s(
+            None if reported is None else server_ms, send_ms, upload_ms, total_ms, rtt_ms,
+            handshake_s,
+        )  # fmt: skip
         return OffloadResult(
             output=y,
             partition=p,
@@ -463,6 +461,23 @@ class OffloadClient:
             return first.startswith(b"HTTP/1.") and first.split()[1] == b"200"
         except (OSError, IndexError):
             return False
+
+
+def _transfer_s(
+    server_ms: float | None,
+    send_ms: float,
+    upload_ms: float,
+    total_ms: float,
+    rtt_ms: float,
+    handshake_s: float,
+) -> tuple[str, float]:
+    """How a completed transfer measures the link, and its transfer time in seconds: the round
+    trip less the server's reported time and the RTT ("server_ms"); where the server reports
+    none (a stock server: the round trip holds the tail's compute), the upload until the last
+    byte was acknowledged less the connect round trip ("upload"). Never below the sends."""
+    if server_ms is not None:
+        return "server_ms", max(send_ms / 1000.0, (total_ms - server_ms - rtt_ms) / 1000.0, 1e-6)
+    return "upload", max(send_ms / 1000.0, upload_ms / 1000.0 - handshake_s, 1e-6)
 
 
 class _NoProbeRoute(ConnectionError):
