@@ -22,13 +22,16 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/carboncp demo
 
-# ruff (lint + format), the layer contracts (import-linter, pyproject [tool.importlinter]) and
-# mypy over the runtime.
+# ruff (lint + format), the layer contracts (import-linter, pyproject [tool.importlinter]),
+# mypy over the runtime, and vermin: nothing newer than Python 3.10 (requires-python; JetPack 6
+# ships 3.10), so a 3.11+ module, member or syntax fails here rather than on a Jetson.
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy
+	$(BIN)/vermin --target=3.10- --no-tips --violations --quiet \
+		runtime tooling firmware_bridge models tests bench tools
 
 # mosquitto, g++, openssl: installed with apt when root, else one line naming the command.
 system-tools:

@@ -81,7 +81,9 @@ def test_retained_value_status_and_last_will(mosquitto):
         sub._client.socket().close()
         assert watcher.wait_value("lost")
         assert watcher.wait_value("online", n=2, timeout=8)
-        assert sub.wait_for("DE", lambda r: True, 5) and sub.connects >= 2
+        # the retained value again, after the resubscription (waiting for any DE reading
+        # raced with it: the first one is still there; failed 2 runs in 3 under Python 3.10)
+        assert sub.wait_for("DE", lambda r: sub.accepted >= 2, 5) and sub.connects >= 2
     assert watcher.wait_value("offline")  # clean stop announces offline, with the counts
     last = watcher.docs[-1]
     assert last["device_id"] == "pi-7" and last["accepted"] >= 2 and last["refused"] == {}
