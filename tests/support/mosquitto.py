@@ -7,9 +7,11 @@ Without Mosquitto the tests skip naming it; under CI they fail instead (tests/su
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,15 +45,20 @@ def start_mosquitto(config_extra: str = "") -> MosquittoBroker:
 
 
 def readable_dir(path: Path) -> Path:
-    """Mosquitto started as root drops to user 'mosquitto': let it read files under `path`."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        p = path
-        while p != p.parent:
-            if p.stat().st_mode & 0o005 != 0o005:
-                p.chmod(p.stat().st_mode | 0o005)
-            p = p.parent
-    return path
+    """A folder Mosquitto can read files in: started as root it drops to user 'mosquitto'.
+
+    As root the folder is made outside pytest's basetemp, whose top folder pytest (any
+    concurrent session too) resets to mode 0700 at start-up, so chmod-ing the parents of `path`
+    would not last; the folder is removed at exit."""
+    if os.geteuid() != 0:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    base = Path(tempfile.mkdtemp(prefix="carboncp-mosquitto-files-"))
+    base.chmod(0o755)
+    atexit.register(shutil.rmtree, base, True)
+    folder = base / path.name
+    folder.mkdir(mode=0o755)
+    return folder
 
 
 def write_auth(folder: Path, users: dict[str, str], acl: str) -> str:
