@@ -93,7 +93,9 @@ def open_devices(
                 carbon=shared.subscriber,
                 head=shared.head,
                 shaper=shared.shaper,
-                estimator=BandwidthEstimator(initial_mbps=20.0, initial_rtt_ms=5.0),
+                estimator=BandwidthEstimator(
+                    initial_mbps=20.0, initial_rtt_ms=5.0, clock=_emulated_clock(shared.clock)
+                ),
                 wrap_policy=AttributedPolicy if name in TABLE_MODES else None,
             )
         )
@@ -243,3 +245,13 @@ def _ratio(seen: dict[str, float]) -> float:
 def _float16(bundle: Any) -> bool:
     prof = bundle.section("profile") or {}
     return "float16" in (prof.get("wire_dtypes") or [])
+
+
+def _emulated_clock(clock: VirtualClock) -> Any:
+    """The link estimator's clock: emulated trace time plus real time within a step.
+
+    Steps are hours apart in emulated time but milliseconds apart here; on the wall clock the
+    estimator's 120 s window would average every earlier step's transfers, so the estimate
+    would barely follow the link. Real time is added so probe and transfer durations within a
+    step are still measured."""
+    return lambda: clock.t_s + time.monotonic()
