@@ -182,6 +182,9 @@ def _one_or_list(paths: Any) -> str | list[str]:
     return uniq[0] if len(uniq) == 1 else uniq
 
 
+CARBON_SIGNAL = "average/direct"  # what load_carbon_csv's default column is
+
+
 def _write_build_section(bundle_path: Path, build: dict[str, Any], mixture: dict[str, Any]) -> None:
     """The 'build' section (build.json): what the bundle was trained and calibrated on, every
     mixture component with its events and the bandwidth it covered."""
@@ -198,6 +201,9 @@ def _write_build_section(bundle_path: Path, build: dict[str, Any], mixture: dict
         manifest = json.load(f)
     register_file(manifest, root, BUILD_JSON)
     manifest.setdefault("sections", {})["build"] = BUILD_JSON
+    # The replay reads Electricity Maps' direct (operational) column: say so, so the device
+    # accepts payloads of that signal only (docs/BUNDLE.md, carbon_signal).
+    manifest["carbon_signal"] = CARBON_SIGNAL
     save_manifest(root, manifest)
 
 

@@ -189,6 +189,7 @@ def test_a_mixture_build_records_its_components(tmp_path) -> None:
     bundle = Bundle.load(root)
     doc = bundle.section("build")
     assert doc is not None and doc["format"] == "carboncp-build/1"
+    assert bundle.manifest["carbon_signal"] == "average/direct"  # what the device will accept
     rows = doc["components"]
     assert len(rows) == 8 and {r["n_events"] for r in rows} == {300}
     assert {(r["device_zone"], r["bandwidth_scale"]) for r in rows} == set(
