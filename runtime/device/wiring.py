@@ -36,13 +36,11 @@ from carboncp.runtime.signals.traces import load_bandwidth_trace, shipped_bandwi
 
 @dataclass
 class Device:
-    """A wired device: its loop, the inputs it will run, and what the loop was built from."""
+    """A wired device: its loop (which holds the bundle, cost model and parts) and the inputs
+    it will run."""
 
     loop: DeviceLoop
     inputs: Iterator[np.ndarray]
-    bundle: Bundle
-    cost_model: CostModel | None
-    settings: RunSettings
 
 
 def optional_cost_model(bundle: Bundle) -> CostModel | None:
@@ -286,4 +284,4 @@ def open_device(
             log=_open_log(settings, stack),
         )
         inputs = iter_inputs(settings.input, settings.count, bundle.input_shape, settings.seed)
-        yield Device(loop, inputs, bundle, cost_model, settings)
+        yield Device(loop, inputs)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from carboncp.runtime.artifacts.bundle import Bundle, register_file, save_manifest
+from carboncp.runtime.artifacts.bundle import Bundle
 from carboncp.runtime.artifacts.runners import make_runner
 from carboncp.runtime.decision.baselines import ArgminPolicy
 from carboncp.runtime.decision.costs import CostModel
@@ -26,7 +26,7 @@ from carboncp.runtime.link.offload import OffloadClient
 from carboncp.runtime.signals.load import LoadSampler
 from carboncp.runtime.signals.mqtt import CarbonPublisher, CarbonSubscriber
 
-from tests.support.edge_server import ServerProcess, synthetic_profile
+from tests.support.edge_server import ServerProcess, add_profile_sections, synthetic_profile
 from tests.support.mosquitto import start_mosquitto
 from tests.support.requires import require
 
@@ -113,14 +113,7 @@ def _with_table(bundle_dir: Path, tmp_path: Path) -> Path:
     from carboncp.runtime.signals.traces import load_bandwidth_trace, shipped_bandwidth_path
     from carboncp.tooling.build import train_and_compile
 
-    b = Bundle.load(bundle_dir)
-    m = b.manifest
-    (bundle_dir / "profile.json").write_text(json.dumps(synthetic_profile(b).to_dict()))
-    (bundle_dir / "objective.json").write_text(json.dumps(Objective().to_dict()))
-    for name in ("profile", "objective"):
-        register_file(m, bundle_dir, f"{name}.json")
-        m.setdefault("sections", {})[name] = f"{name}.json"
-    save_manifest(bundle_dir, m)
+    add_profile_sections(bundle_dir)
     tr = load_bandwidth_trace(shipped_bandwidth_path("norway_bus_1"))
     fast = tmp_path / "norway_bus_1_x15"
     fast.write_text("".join(f"{t} {v * 15}\n" for t, v in zip(tr.t_s, tr.mbps, strict=True)))

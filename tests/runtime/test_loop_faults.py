@@ -193,3 +193,19 @@ def test_an_unreadable_image_input_is_a_config_error(bundle, tmp_path, content) 
     (tmp_path / "x.png").write_bytes(content)
     with pytest.raises(ConfigError, match=r"x\.png: not a readable image"):
         list(iter_inputs(str(tmp_path), 1, bundle.input_shape))
+
+
+@pytest.mark.parametrize("true_mbps", [None, 3.5])
+def test_the_realised_link_is_the_true_rate_when_emulated_else_the_measured_one(
+    bundle, true_mbps
+) -> None:
+    # The policy learns (ACI, residual window) and the record is costed on the realised
+    # context: on a shaped link that is the trace's true rate, on a device the measured one.
+    server = Server(bundle)  # measures 20 Mbit/s and 1 ms RTT
+    kw = {} if true_mbps is None else {"true_bandwidth": lambda: true_mbps}
+    rec = _loop(bundle, client=server, **kw).infer(np.zeros(bundle.input_shape, np.uint8))
+    assert rec.offloaded and rec.partition == 1
+    want = 20.0 if true_mbps is None else true_mbps
+    assert rec.realised["bandwidth_mbps"] == want
+    assert rec.realised["rtt_ms"] == 5.0  # the transfer's own RTT either way
+    assert rec.true_bandwidth_mbps == true_mbps

@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 import pytest
-from carboncp.runtime.artifacts.bundle import Bundle, register_file, save_manifest
-from carboncp.runtime.decision.objective import Objective
+from carboncp.runtime.artifacts.bundle import Bundle
 
-from tests.support.edge_server import ServerProcess, synthetic_profile
+from tests.support.edge_server import ServerProcess, add_profile_sections
 
 pytestmark = pytest.mark.slow
 STALL_S = 5.0
@@ -34,15 +33,7 @@ RECOVERY_LIMIT_S = 10.0
 
 def _with_profile(bundle_dir: Path) -> Path:
     """The tiny bundle with a device profile and an objective (what argmin decides from)."""
-    b = Bundle.load(bundle_dir)
-    m = b.manifest
-    (bundle_dir / "profile.json").write_text(json.dumps(synthetic_profile(b).to_dict()))
-    (bundle_dir / "objective.json").write_text(json.dumps(Objective().to_dict()))
-    for name in ("profile", "objective"):
-        register_file(m, bundle_dir, f"{name}.json")
-        m.setdefault("sections", {})[name] = f"{name}.json"
-    save_manifest(bundle_dir, m)
-    return bundle_dir
+    return add_profile_sections(bundle_dir)
 
 
 def _records(log: Path) -> list[dict]:

@@ -138,3 +138,25 @@ def synthetic_profile(bundle, device_ms_full: float = 50.0, server_ms_full: floa
         server_p_marginal_mw=15000.0,
         device="synthetic-test",
     )
+
+
+def add_profile_sections(bundle_dir, extra_files=(), extra_sections=None):
+    """Give a (copied) bundle the synthetic profile and the default objective as sections, plus
+    `extra_files` registered and `extra_sections` named; returns the folder."""
+    import json
+    from pathlib import Path
+
+    from carboncp.runtime.artifacts.bundle import Bundle, register_file, save_manifest
+    from carboncp.runtime.decision.objective import Objective
+
+    bundle_dir = Path(bundle_dir)
+    b = Bundle.load(bundle_dir)
+    m = b.manifest
+    (bundle_dir / "profile.json").write_text(json.dumps(synthetic_profile(b).to_dict()))
+    (bundle_dir / "objective.json").write_text(json.dumps(Objective().to_dict()))
+    for rel in ("profile.json", "objective.json", *extra_files):
+        register_file(m, bundle_dir, rel)
+    sections = m.setdefault("sections", {})
+    sections.update(profile="profile.json", objective="objective.json", **(extra_sections or {}))
+    save_manifest(bundle_dir, m)
+    return bundle_dir

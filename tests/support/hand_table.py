@@ -19,17 +19,15 @@ first half and its threshold drops to about 0.14 (the set {0, 1}).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
-from carboncp.runtime.artifacts.bundle import Bundle, register_file, save_manifest
+from carboncp.runtime.artifacts.bundle import Bundle
 from carboncp.runtime.decision.conformal import BinnedLogit, split_threshold
-from carboncp.runtime.decision.objective import Objective
 from carboncp.runtime.decision.table import TABLE_JSON, Table
 
-from tests.support.edge_server import synthetic_profile
+from tests.support.edge_server import add_profile_sections
 
 EDGE = 300.0
 EDGES = [[], [], [], [], [EDGE], [EDGE], []]
@@ -75,15 +73,6 @@ def hand_table(alpha: float = 0.1) -> Table:
 def add_hand_table(bundle_dir: Path) -> Path:
     """Give a (copied) tiny bundle a profile, the default objective and the hand table."""
     bundle_dir = Path(bundle_dir)
-    b = Bundle.load(bundle_dir)
-    assert b.last == 3, "the hand table is laid out for partitions 0..3"
-    m = b.manifest
-    (bundle_dir / "profile.json").write_text(json.dumps(synthetic_profile(b).to_dict()))
-    (bundle_dir / "objective.json").write_text(json.dumps(Objective().to_dict()))
-    rels = ["profile.json", "objective.json", *hand_table().save(bundle_dir)]
-    for rel in rels:
-        register_file(m, bundle_dir, rel)
-    sections = m.setdefault("sections", {})
-    sections.update(profile="profile.json", objective="objective.json", table=TABLE_JSON)
-    save_manifest(bundle_dir, m)
-    return bundle_dir
+    assert Bundle.load(bundle_dir).last == 3, "the hand table is laid out for partitions 0..3"
+    rels = hand_table().save(bundle_dir)
+    return add_profile_sections(bundle_dir, rels, {"table": TABLE_JSON})

@@ -205,3 +205,19 @@ def test_attribution_names_what_moved_each_change():
     assert inner.rng.random() == ref.rng.random()
     pol.observe(None, None, None)
     assert inner.observed == 1
+
+
+def test_the_demo_link_estimate_forgets_earlier_steps() -> None:
+    # Steps are hours apart in emulated time and milliseconds apart on the wall clock: the
+    # estimator's window must age on emulated time, or every step would average all earlier
+    # steps' transfers and the link would hardly move a decision.
+    from carboncp.runtime.signals.bandwidth import BandwidthEstimator
+    from carboncp.tooling.demo.attribution import VirtualClock
+    from carboncp.tooling.demo.session import _emulated_clock
+
+    clock = VirtualClock(1_000_000.0)
+    est = BandwidthEstimator(initial_mbps=20.0, initial_rtt_ms=5.0, clock=_emulated_clock(clock))
+    est.update(100.0, 5.0)
+    clock.t_s += 2.3 * 3600  # the next step
+    est.update(2.0, 5.0)
+    assert est.bandwidth_mbps == pytest.approx(2.0)
