@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 # for a multi-GB CUDA build (docs/METHOD.md Appendix A).
 PIP_ALL := torch==2.13.0 -e .[all]
 
-.PHONY: demo test system-tools lint test-py test-tflite-runtime bench mutation clean
+.PHONY: demo test system-tools lint test-py test-tflite-runtime test-arm64 bench mutation clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -52,6 +52,13 @@ test-tflite-runtime: $(BIN)/.installed $(TFLITE_VENV)/.installed
 	$(BIN)/python -m tests.tiny_bundle .cache/tiny-bundle
 	CARBONCP_TEST_BUNDLE=.cache/tiny-bundle CARBONCP_REQUIRE_TFLITE_RUNTIME=1 \
 		$(TFLITE_VENV)/bin/python -m pytest -p no:cacheprovider tests/runtime/test_litert_runner.py
+
+# The device runtime on an emulated Debian 12 arm64 (Raspberry Pi OS Bookworm 64-bit), as root:
+# the runtime extra from this checkout in a chroot under qemu, the LiteRT-runner tests with both
+# interpreters, heads and decisions against amd64's, `carboncp run` against an amd64 serve
+# (tools/arm64/run.sh; the root is cached under ~/.cache/carboncp/arm64). Not root: one line, exit 0.
+test-arm64: $(BIN)/.installed system-tools
+	bash tools/arm64/run.sh
 
 test: system-tools lint test-py test-tflite-runtime
 
