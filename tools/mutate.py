@@ -57,6 +57,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "runtime/decision/costs.py": (
         "carboncp.runtime.decision.costs",
         [
+            _RT + "test_costs_expected.py",
             _RT + "test_costs_boundaries.py",
             _RT + "test_costs.py",
             _RT + "test_expected_rule.py",

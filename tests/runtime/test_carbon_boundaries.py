@@ -11,6 +11,7 @@ from carboncp.runtime.signals.carbon import (
     PayloadError,
     check_signals,
     check_value,
+    format_carbon_payload,
     parse_carbon_payload,
     parse_iso,
     parse_ts,
@@ -196,3 +197,39 @@ def test_uk_payload_off_the_carbon_topics_is_gb() -> None:
     doc = {"data": [{"from": "2023-11-14T22:13Z", "intensity": {"actual": 0, "forecast": 10}}]}
     r = parse_carbon_payload("uk/intensity", json.dumps(doc).encode(), NOW + 20)
     assert (r.zone, r.gco2_per_kwh) == ("GB", 0.0)
+
+
+def test_timestamps_of_other_types_and_lengths_are_payload_errors() -> None:
+    """A non-text, non-number ts is a PayloadError (never a bare TypeError from len() or
+    float()); a 65-character text is refused before it is read even when it is a number,
+    and the empty text is refused as 'not text or epoch seconds', not parsed."""
+    for bad in (None, [1], {"t": 1}, [], b"1"):
+        with pytest.raises(PayloadError) as e:
+            parse_ts(bad)
+        assert e.value.reason == "bad_ts" and "must be ISO 8601 text or epoch seconds" in str(
+            e.value
+        ), bad
+    assert parse_ts("0" * 63 + "1") == 1.0  # 64 characters: read
+    for bad in ("0" * 64 + "1", ""):  # 65 characters (a valid number), and empty
+        with pytest.raises(PayloadError) as e:
+            parse_ts(bad)
+        assert "must be ISO 8601 text or epoch seconds" in str(e.value), bad
+
+
+def test_a_point_list_with_only_one_of_wattimes_keys_is_an_unknown_shape() -> None:
+    """WattTime v3 points carry both 'value' and 'point_time'; a data[0] with only one of
+    them is not WattTime (nor any other known shape): refused as missing the value keys."""
+    for first in ({"value": 300.0}, {"point_time": "2023-11-14T22:13:20Z"}):
+        with pytest.raises(PayloadError) as e:
+            _parse({"data": [first]})
+        assert e.value.reason == "missing"
+        assert "no gco2_per_kwh, carbonIntensity, moer or data[0]" in str(e.value), first
+
+
+def test_formatted_payload_rounds_values_to_three_decimals() -> None:
+    doc = json.loads(
+        format_carbon_payload("CA-ON", 123.456789, NOW, forecast=[(NOW + 3600, 98.765432)])
+    )
+    assert doc["gco2_per_kwh"] == 123.457
+    assert doc["forecast"] == [[NOW + 3600, 98.765]]
+    assert doc["ts"] == "2023-11-14T22:13:20Z"

@@ -263,3 +263,63 @@ def test_fresh_classifier_and_weighted_cp_before_any_refit() -> None:
     assert effective_sample_size([0.1, 0.2, 0.3]) == pytest.approx(36 / 14, rel=1e-12)
     two = WeightedCP(BinnedLogit([[0.5]]), np.array([[0], [1]]), np.array([0.1, 0.2]), 0.1, 0.5)
     assert two.refit(np.array([[1], [1], [0]])) > 0 and two.ready  # two calibration points do
+
+
+@pytest.mark.parametrize(
+    "order",
+    ["ascending", "descending", "organ_pipe"],
+)
+def test_split_threshold_rank_for_every_k_of_structured_orders(order: str) -> None:
+    """The k-th smallest for EVERY rank k of n = 1000 structured scores. np.partition puts
+    index k-1 in place only when asked for k-1: partitioning at k-2 and reading k-1 (a rank
+    bug) gives the right value for most k and shuffles, but not for all k of these orders."""
+    n = 1000
+    base = np.arange(n, dtype=np.float64)
+    s = {
+        "ascending": base,
+        "descending": base[::-1].copy(),
+        "organ_pipe": np.r_[np.arange(0, n, 2), np.arange(n - 1, 0, -2)].astype(np.float64),
+    }[order]
+    for k in range(1, n + 1):
+        alpha = 1.0 - (k - 0.5) / (n + 1)  # (n+1)(1-alpha) = k - 1/2: rank k
+        assert split_threshold(s, alpha) == k - 1, k
+
+
+class _FlatLogit:
+    """A classifier stub whose logit is 0 everywhere: w(x) = ratio."""
+
+    def logit_row(self, row) -> float:
+        return 0.0
+
+
+def _weighted_with(cum: list[float], scores: list[float], w_test: float) -> WeightedCP:
+    wcp = WeightedCP(BinnedLogit([[0.5]]), np.zeros((2, 1), np.int32), np.zeros(2), 0.5)
+    wcp.clf = _FlatLogit()  # type: ignore[assignment]
+    wcp._ratio = w_test
+    wcp._cum = cum
+    wcp._scores_l = scores
+    return wcp
+
+
+def test_weighted_threshold_row_when_the_mass_lands_exactly_on_a_score() -> None:
+    """Unit weights 1, 1, 1 and a test weight 1: total 4. At alpha = 0.5 the needed mass
+    2.0 is reached exactly by the second score (the smallest whose cumulative mass reaches
+    1 - alpha, as weighted_quantile_inf): a tolerance that pushes the target up instead of
+    down takes the third. At alpha = 0.1 (3.6 > 3) only the +inf mass reaches: +inf."""
+    wcp = _weighted_with([1.0, 2.0, 3.0], [0.1, 0.2, 0.3], 1.0)
+    assert wcp.threshold_row((0.0,), 0.5) == 0.2
+    assert weighted_quantile_inf(np.array([0.1, 0.2, 0.3]), np.ones(3), 1.0, 0.5) == 0.2
+    assert wcp.threshold_row((0.0,), 0.25) == 0.3  # 3.0 of 4 exactly
+    assert wcp.threshold_row((0.0,), 0.1) == INF  # the test point's +inf mass is needed
+    assert wcp.threshold_row((0.0,), 0.75) == 0.1  # 1.0 of 4 exactly
+
+
+def test_weighted_quantile_reaches_a_mass_that_rounding_puts_just_short() -> None:
+    """Weights 3000, 3000 and a test weight 4000 at alpha = 0.7: the first score holds 0.3
+    of the mass, exactly 1 - alpha, so it is the quantile. In floats (1 - 0.7) * 10000 is
+    3000.0000000000005: only a tolerance relative to the total (not 1e-12 / total)
+    absorbs that rounding."""
+    s = np.array([0.0, 1.0])
+    assert weighted_quantile_inf(s, np.array([3000.0, 3000.0]), 4000.0, 0.7) == 0.0
+    assert weighted_quantile_inf(s * 5, np.array([3e5, 1e5]), 6e5, 0.7) == 0.0
+    assert _weighted_quantile_by_definition(s, np.array([3000.0, 3000.0]), 4000.0, 0.7) == 0.0

@@ -79,6 +79,9 @@ def _check_p0(cm: CostModel, rtt: float, latency: float, fallback: bool, e_d_uj:
     lat, obj = cm.row(ctx, B, [0])
     assert lat[0] == pytest.approx(latency, rel=1e-12), "row latency"
     assert obj[0] == pytest.approx(j, rel=1e-9), "row J"
+    # mode A's expected J: the same floats as row at the same rate (one rate, or two equal)
+    for rates in ([B], [B, B]):
+        assert cm.row_expected(ctx, rates, B, [0]) == (lat, obj), "row_expected"
 
 
 OK_E_S = 10_000 * 20 * 1e-6  # the server ran its 20 ms tail at 10 W
@@ -150,6 +153,14 @@ def test_no_slack_left_means_the_fixed_deadline():
     ob = _objective(slo_ms=40.0, deadline_rule="slack", deadline_ms=1000.0, early_abandon_ms=None)
     cm = CostModel(_profile(), ob)
     _check_p0(cm, 10.0, 232.0, False, (2000 + P_RADIO) * 212 + 2000 * 20, OK_E_S)
+
+
+def test_a_slack_under_a_millisecond_is_still_the_deadline():
+    # SLO 40.5 ms: 0.5 ms of slack is a (hopeless) deadline, not "no slack": partition 0
+    # falls back at once (nothing arrives: 200 + 5 > 0.5), instead of completing in 232 ms
+    ob = _objective(slo_ms=40.5, deadline_rule="slack", deadline_ms=1000.0, early_abandon_ms=None)
+    cm = CostModel(_profile(), ob)
+    _check_p0(cm, 10.0, 40.5, True, _fallback_e_d(0.5), 0.0)
 
 
 def test_upload_arriving_exactly_at_the_deadline_was_served():

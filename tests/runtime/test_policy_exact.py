@@ -205,3 +205,129 @@ def test_mode_a_keeps_a_feasible_partition_zero_over_a_faster_one() -> None:
     lat = [200.0, 150.0, 350.0, 350.0, 350.0, 350.0, 301.0]
     j = [1.0, 2.0, 3.0, 3.0, 3.0, 3.0, 0.5]
     assert TablePolicy(t, _Cost(lat, j, 300.0), online="split").decide(_ctx(5.0)).partition == 0
+    # the same with J in the latencies' range (J has no unit): a search that skipped a
+    # feasible pick of 0 would go on to the fastest, partition 1
+    j = [400.0, 500.0, 600.0, 600.0, 600.0, 600.0, 100.0]
+    assert TablePolicy(t, _Cost(lat, j, 300.0), online="split").decide(_ctx(5.0)).partition == 0
+
+
+def test_the_default_residual_window_is_200_and_then_the_table_no_longer_counts() -> None:
+    """After 200 measured transfers the default window is full: its quantiles alone (the
+    table's weight (1 - n/200) is 0); after 199 the table still counts."""
+    from tests.runtime.test_expected_rule import _random_table
+
+    t = _random_table(np.random.default_rng(21))
+    pol = TablePolicy(t, cost_model(), "A", online="split")
+    for i in range(200):
+        assert pol.residuals.quantiles != [math.log(0.5)] * 9, i
+        pol.observe_bandwidth(40.0, 20.0)
+    assert pol.residuals.quantiles == [math.log(0.5)] * 9
+    assert pol.residuals.lower == math.log(0.5) and pol.bw_factor == pytest.approx(0.5)
+
+
+def test_bandwidth_floor_is_a_hundredth_of_a_megabit() -> None:
+    """Residuals are of rates floored at 0.01 Mbit/s: an outage seen against 0.5 Mbit/s
+    is log(0.01 / 0.5), and 0.02 against 0 is log(2)."""
+    from tests.runtime.test_expected_rule import _random_table
+
+    pol = TablePolicy(_random_table(np.random.default_rng(22)), cost_model(), "A", online="split")
+    pol.observe_bandwidth(0.5, 0.0)
+    pol.observe_bandwidth(0.0, 0.02)
+    assert list(pol.residuals._fifo) == [math.log(0.01 / 0.5), math.log(0.02 / 0.01)]
+
+
+def test_a_residual_window_of_zero_keeps_the_tables_quantiles() -> None:
+    from carboncp.runtime.errors import ConfigError
+
+    from tests.runtime.test_expected_rule import _random_table
+
+    t = _random_table(np.random.default_rng(23))
+    pol = TablePolicy(t, cost_model(), "A", online="split", residual_window=0)
+    pol.observe_bandwidth(40.0, 1.0)
+    assert pol.residuals.quantiles == t.bandwidth_log_quantiles.tolist()
+    assert len(pol.residuals) == 0
+    for bad in (-1, 2.5, "3"):
+        with pytest.raises(ConfigError, match="residual_window"):
+            TablePolicy(t, cost_model(), "A", residual_window=bad)  # type: ignore[arg-type]
+
+
+def test_known_bandwidth_prices_at_the_seen_rate_even_with_quantiles() -> None:
+    """known_bandwidth: the table's quantiles are ignored, not a fallback; mode A picks the
+    least J at the seen rate (row()), no residual window."""
+    from tests.runtime.test_expected_rule import _brute_pick, _random_table
+
+    t = _random_table(np.random.default_rng(24))
+    cm = cost_model()
+    pol = TablePolicy(t, cm, "A", online="split", known_bandwidth=True)
+    assert pol.bandwidth_rule == "expected" and not pol.bandwidth_fallback
+    assert pol.residuals.quantiles == [0.0] and pol.bw_factor == 1.0
+    from tests.support.cost_fixtures import random_contexts
+
+    x = random_contexts(150, seed=25)
+    priced = 0
+    for i in range(len(x)):
+        row = tuple(float(v) for v in x[i])
+        d = pol.decide(Context(*row))
+        cell = pol.index.cell(row)
+        s = pol.scores[cell]
+        cand = [p for p in range(7) if s[p] <= pol.qhat]
+        ok = pol.guard[pol.index.latency_cell(cell)]
+        kept = [p for p in cand if ok[p]] or cand
+        if len(kept) > 1:
+            priced += 1
+            assert d.partition == _brute_pick(cm, row, kept, s, [0.0], 0.0), i
+    assert priced > 20
+
+
+@pytest.mark.parametrize("mode", ["M", "R"])
+def test_half_infinite_support_bounds_still_flag_their_finite_side(mode: str) -> None:
+    """A feature with one infinite bound is checked on its finite side; only a feature
+    with both bounds infinite (the table does not bin it) is never flagged, whatever the
+    value (NaN too: the policy skips such features)."""
+    from tests.runtime.test_expected_rule import INSIDE, _random_table
+
+    lo = [-math.inf, 0.0, -math.inf, -math.inf, 100.0, -math.inf, 10.0]
+    hi = [300.0, math.inf, 0.9, math.inf, 700.0, math.inf, 100.0]
+    t = _random_table(np.random.default_rng(26), support=np.array([lo, hi]))
+    pol = TablePolicy(t, cost_model(), mode, online="split")
+    cases = [
+        (0, 300.0, False), (0, 300.5, True), (0, -1e9, False),
+        (1, 0.0, False), (1, -0.5, True), (1, 1e9, False),
+        (2, 0.95, True), (2, -5.0, False),
+        (3, -1e9, False), (3, 1e9, False), (3, math.nan, False),
+        (5, -1e9, False), (5, math.nan, False),
+    ]  # fmt: skip
+    for f, v, out in cases:
+        row = list(INSIDE)
+        row[f] = v
+        assert ("out_of_support" in pol.decide(Context(*row)).flags) == out, (f, v)
+        if not math.isnan(v):
+            assert bool(t.out_of_support(np.array(row))[0]) == out, (f, v)
+
+
+def test_offloading_the_last_remote_partition_measures_the_link() -> None:
+    """p = P-1 (the last split before all-local) still sends: its transfer is a residual;
+    p = P is local and adds none (the rates are equal, so no probe measured them)."""
+    from carboncp.runtime.decision.context import Decision
+
+    from tests.runtime.test_expected_rule import _random_table
+
+    pol = TablePolicy(_random_table(np.random.default_rng(27)), cost_model(), "A", online="split")
+    seen = Context(50.0, 10.0, 0.1, 0.1, 300.0, 100.0, 80.0)
+    cand = pol.decide(seen).candidates
+    pol.observe(Decision(6, cand, "A", 0), seen, seen)
+    assert len(pol.residuals) == 0
+    pol.observe(Decision(5, cand, "A", 0), seen, seen)
+    assert list(pol.residuals._fifo) == [0.0]
+
+
+def test_a_weighted_window_of_zero_never_refits() -> None:
+    """window=0 keeps no context: the refit period passes but there is nothing to fit on,
+    so no refit happens (weighted CP stays on ACI) and the count keeps growing."""
+    t = _table(SCORES, LAT, qhat=0.5)
+    pol = TablePolicy(t, cost_model(), online="weighted", window=0, refit_every=2)
+    seen = _ctx(5.0)
+    for i in range(1, 6):
+        pol.observe(pol.decide(seen), seen, seen)
+        assert pol.events_since_refit == i
+    assert pol.wcp is not None and not pol.wcp.ready

@@ -4,6 +4,7 @@ of +∞, and the load-time checks at their limits."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -89,3 +90,142 @@ def test_alpha_limits_at_load(tmp_path, alpha: float, ok: bool) -> None:
     else:
         with pytest.raises(BundleError, match="alpha"):
             Table.from_layout(layout, lambda rel: tmp_path / rel)
+
+
+def test_latency_strides_are_zero_off_the_latency_features() -> None:
+    idx = CellIndex(_table(EDGES))
+    assert idx.lat_strides == [4, 2, 1, 1, 0, 0, 0]
+
+
+def test_bandwidth_levels_with_and_without_quantiles() -> None:
+    t = _table(EDGES)
+    assert t.bandwidth_levels() == []
+    t.bandwidth_log_quantiles = np.array([-1.0, -0.5, 0.0, 0.5])
+    assert t.bandwidth_levels() == [0.125, 0.375, 0.625, 0.875]
+    t.bandwidth_log_quantiles = np.array([0.0])
+    assert t.bandwidth_levels() == [0.5]
+
+
+def test_out_of_support_at_and_beyond_the_bounds() -> None:
+    """Inside means lo <= x <= hi per feature: both bounds are inside, the next float
+    beyond either is out; NaN is out; no support: nothing is out."""
+    t = _table(EDGES)
+    x = np.array([[5.0, 20.0, 0.5, 0.5, 300.0, 100.0, 50.0]])
+    assert t.out_of_support(x).tolist() == [False]
+    lo = np.array([1.0, 10.0, 0.0, 0.0, 100.0, 50.0, 20.0])
+    hi = np.array([9.0, 40.0, 1.0, 1.0, 500.0, 150.0, 90.0])
+    t.support = np.stack([lo, hi])
+    rows = [x[0], lo, hi]
+    want = [False, False, False]
+    for f in range(7):
+        for v, out in ((np.nextafter(lo[f], -np.inf), True), (np.nextafter(hi[f], np.inf), True),
+                       (math.nan, True)):  # fmt: skip
+            r = x[0].copy()
+            r[f] = v
+            rows.append(r)
+            want.append(out)
+    assert t.out_of_support(np.array(rows)).tolist() == want
+    assert t.out_of_support(lo).tolist() == [False]  # one (7,) row
+    t.support = None
+    assert t.out_of_support(np.array(rows)).tolist() == [False] * len(rows)
+
+
+def test_save_creates_missing_parents_and_overwrites(tmp_path) -> None:
+    t = _table(EDGES)
+    root = tmp_path / "a" / "b"
+    files = t.save(root)
+    assert files[0] == "table/table.json" and (root / "table" / "scores.npy").is_file()
+    t.qhat = 0.25
+    t.save(root)  # again into the existing directory
+    back = Table.from_layout(
+        json.loads((root / "table/table.json").read_text()), lambda rel: root / rel
+    )
+    assert back.qhat == 0.25
+
+
+def test_a_pickled_array_is_never_loaded(tmp_path) -> None:
+    """An object (pickled) .npy in place of an array is refused as unreadable: np.load must
+    not unpickle it (a pickle runs code), even when the layout names the object dtype."""
+    t = _table(EDGES)
+    t.save(tmp_path)
+    obj = np.empty(10, dtype=object)
+    obj[:] = [0.0] * 10
+    np.save(tmp_path / "table" / "cal_scores.npy", obj, allow_pickle=True)
+    layout = json.loads((tmp_path / "table/table.json").read_text())
+    layout["files"]["cal_scores"]["dtype"] = "object"
+    with pytest.raises(BundleError, match="unreadable table array"):
+        Table.from_layout(layout, lambda rel: tmp_path / rel)
+
+
+def _reload(t: Table, tmp_path):
+    t.save(tmp_path)
+    layout = json.loads((tmp_path / "table/table.json").read_text())
+    return Table.from_layout(layout, lambda rel: tmp_path / rel)
+
+
+def test_latency_table_of_the_wrong_shape_is_refused(tmp_path) -> None:
+    t = _table(EDGES)
+    t.latency_ms = np.zeros((12, 5), np.float16)  # 2-D, one partition too many
+    with pytest.raises(BundleError, match="latency_ms"):
+        _reload(t, tmp_path)
+    t.latency_ms = np.zeros((11, 4), np.float16)  # one latency cell short
+    with pytest.raises(BundleError, match="latency_ms"):
+        _reload(t, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("q", "ok"),
+    [
+        ([0.0], True),  # one quantile
+        ([-1.0, 0.0, 0.0, 1.0], True),  # equal neighbours are non-decreasing
+        (list(np.linspace(-2.0, 1.0, 16)), True),  # the most a table may carry
+        (list(np.linspace(-2.0, 1.0, 17)), False),
+        ([], False),
+        ([0.0, -1e-9], False),
+        ([0.0, math.inf], False),
+        ([[0.0, 1.0]], False),  # not 1-D
+    ],
+)
+def test_bandwidth_quantiles_limits_at_load(tmp_path, q, ok: bool) -> None:
+    t = _table(EDGES)
+    t.bandwidth_log_quantiles = np.array(q, dtype=np.float64)
+    if ok:
+        assert _reload(t, tmp_path).bandwidth_log_quantiles.tolist() == q
+    else:
+        with pytest.raises(BundleError, match="bandwidth_log_quantiles"):
+            _reload(t, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "ok"),
+    [
+        ("none", True),
+        ("equal", True),  # lo == hi: one seen value
+        ("infinite", True),  # a feature the table does not bin
+        ("crossed", False),
+        ("nan_low", False),
+        ("nan_high", False),
+        ("shape", False),
+    ],
+)
+def test_support_limits_at_load(tmp_path, change: str, ok: bool) -> None:
+    lo = np.array([1.0, 10.0, 0.0, 0.0, 100.0, 50.0, 20.0])
+    hi = np.array([9.0, 40.0, 1.0, 1.0, 500.0, 150.0, 90.0])
+    if change == "equal":
+        hi[3] = lo[3]
+    elif change == "infinite":
+        lo[5], hi[5] = -math.inf, math.inf
+    elif change == "crossed":
+        lo[6] = hi[6] + 1e-9
+    elif change == "nan_low":
+        lo[2] = math.nan
+    elif change == "nan_high":
+        hi[4] = math.nan
+    sup = np.stack([lo, hi])
+    t = _table(EDGES)
+    t.support = sup[:, :6] if change == "shape" else sup
+    if ok:
+        np.testing.assert_array_equal(_reload(t, tmp_path).support, sup)
+    else:
+        with pytest.raises(BundleError, match="support"):
+            _reload(t, tmp_path)
