@@ -6,12 +6,13 @@
 PY ?= python3
 VENV ?= .venv
 TFLITE_VENV ?= .venv-tflite
+TRITON_VENV ?= .venv-triton
 BIN := $(VENV)/bin
 # torch==2.13.0 sits on the same pip line as everything that needs torch, or pip may reach
 # for a multi-GB CUDA build (docs/METHOD.md Appendix A).
 PIP_ALL := torch==2.13.0 -e .[all]
 
-.PHONY: demo test system-tools lint test-py test-tflite-runtime test-arm64 bench mutation clean
+.PHONY: demo test system-tools lint test-py test-tflite-runtime test-arm64 test-triton bench mutation clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -60,6 +61,30 @@ test-tflite-runtime: $(BIN)/.installed $(TFLITE_VENV)/.installed
 test-arm64: $(BIN)/.installed system-tools
 	bash tools/arm64/run.sh
 
+# Tails on a real NVIDIA Triton Inference Server (docs/TRITON.md): the tritonserver binary and
+# its Python backend come in nvidia-pytriton 0.7.0's wheel (CPU only here), which needs numpy<2,
+# so it gets its own venv, made from Debian's python3.11: the backend's stub links the system
+# libpython, and a venv of another 3.11 build fails in the stub (`_thread.RLock` has no
+# `_recursion_count`). The tails run there with ai-edge-litert. The main venv exports a
+# 224 x 224 tiny bundle and its repository; the tests start tritonserver and `carboncp serve`
+# on loopback ports and drive both with `carboncp run`.
+TRITON_PY ?= /usr/bin/python3.11
+$(TRITON_VENV)/.installed:
+	test -x $(TRITON_PY) || { apt-get update -qq && apt-get install -y -qq python3.11 python3.11-venv; }
+	$(TRITON_PY) -c 'import ensurepip, venv' 2>/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq python3.11-venv; }
+	test -x $(TRITON_VENV)/bin/python || $(TRITON_PY) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q "nvidia-pytriton==0.7.0" "numpy<2" "ai-edge-litert==2.3.0"
+	touch $@
+
+test-triton: $(BIN)/.installed $(TRITON_VENV)/.installed
+	$(BIN)/python -m tests.triton_bundle .cache/triton-bundle
+	$(BIN)/carboncp export --quiet --triton-repo .cache/triton-repo .cache/triton-bundle
+	CARBONCP_TEST_BUNDLE=.cache/triton-bundle CARBONCP_TRITON_REPO=.cache/triton-repo \
+		CARBONCP_TRITON_VENV=$(TRITON_VENV) \
+		$(BIN)/python -m pytest -p no:cacheprovider tests/runtime/test_triton.py
+
 test: system-tools lint test-py test-tflite-runtime
 
 # Speed and memory targets: each benchmark prints ratios against a baseline measured in the same run.
@@ -81,4 +106,4 @@ mutation: $(BIN)/.installed
 	$(BIN)/python tools/mutate.py
 
 clean:
-	rm -rf $(VENV) $(TFLITE_VENV) .cache build *.egg-info
+	rm -rf $(VENV) $(TFLITE_VENV) $(TRITON_VENV) .cache build *.egg-info
