@@ -22,8 +22,10 @@ transfer or probe has measured the link for --probe-after-s (10 s), the device p
 (32 KiB to the server) before its next decision, doubling the wait after each probe (at most
 --probe-backoff-max-s, 300 s) until a transfer succeeds, so that it finds the link again after
 a server stall or an outage. Each probe's bytes, time and energy are in that inference's
-record ("probe") and modelled energy and carbon; the exit summary sums them. --no-probe turns
-probing off.
+record ("probe") and modelled energy and carbon; the exit summary sums them. A due probe runs
+only when knowing the link is worth more to the decisions it informs than the probe costs
+(the record's "probe_skipped" says so when it is not; --no-probe-gate runs every due probe).
+--no-probe turns probing off.
 """
 
 from __future__ import annotations
@@ -99,6 +101,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="never probe the link: only transfers measure it (a device that stops offloading "
         "then keeps its last estimate, e.g. one pulled down by a server stall)",
+    )
+    parser.add_argument(
+        "--no-probe-gate",
+        dest="probe_gate",
+        action="store_false",
+        default=None,
+        help="run every due probe; by default a probe runs only when knowing the link is worth "
+        "more to the decisions it informs than the probe's own energy (a device that infers "
+        "rarely would otherwise probe before most inferences)",
     )
     parser.add_argument("--quiet", action="store_true", help="no per-inference progress")
 

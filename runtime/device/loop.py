@@ -30,8 +30,14 @@ from carboncp.runtime.artifacts.bundle import Bundle
 from carboncp.runtime.artifacts.runners import Runner
 from carboncp.runtime.decision.context import Context, Decision, Policy, context_to_row
 from carboncp.runtime.decision.costs import CostModel
+from carboncp.runtime.decision.probe_value import ProbeValue, probe_value, stale_factors
 from carboncp.runtime.errors import OffloadError
-from carboncp.runtime.link.offload import OffloadClient, OffloadFailed, OffloadResult
+from carboncp.runtime.link.offload import (
+    PROBE_BYTES,
+    OffloadClient,
+    OffloadFailed,
+    OffloadResult,
+)
 from carboncp.runtime.power.base import PowerReading, PowerSource
 from carboncp.runtime.power.meter import EnergyMeasurement
 from carboncp.runtime.signals.bandwidth import (
@@ -91,6 +97,10 @@ class LoopConfig:
     probe_after_s: float | None = None
     probe_backoff_max_s: float = DEFAULT_PROBE_BACKOFF_MAX_S
     p_idle_mw: float | None = None  # probe energy; defaults to the profile's idle power
+    # Probe only when the measurement can pay for itself: its value to the decisions it
+    # informs (mode A's residual quantiles, the cost model) exceeds its own cost
+    # (runtime/decision/probe_value.py). Off: every due probe runs.
+    probe_gate: bool = True
 
 
 @dataclass
@@ -125,6 +135,9 @@ class InferenceRecord:
     # error, next_after_s (its backoff), route ("private" | "infer" | "none": how the server
     # was probed, docs/METHOD.md §2.1)
     probe: dict[str, Any] | None = None
+    # a probe that was due but not worth its cost: value_j, cost_j, informs, worth (the gate,
+    # runtime/decision/probe_value.py); None when no probe was due or the gate did not apply
+    probe_skipped: dict[str, Any] | None = None
     output: np.ndarray | None = field(default=None, repr=False)
 
     def to_json(self) -> str:
@@ -226,6 +239,8 @@ class DeviceLoop:
         self._carbon_last: dict[str, float] = {}
         self._faults: list[str] = []  # this inference's guarded faults (decision_flags)
         self.faults: dict[str, int] = {}  # counts per part over the run
+        self._last_arrival: float | None = None  # estimator clock at the last inference
+        self._gap_s: float | None = None  # EWMA of the gaps between inferences
 
     def _guard(self, part: str, fn: Callable[[], Any], default: Any) -> Any:
         """fn(), or `default` when it raises: a faulty load sampler, meter, cost model, probe
@@ -291,9 +306,14 @@ class DeviceLoop:
         docs/FAULTS.md): a failed offload finishes locally, a failed head goes to the server."""
         t = _Times(time.perf_counter(), time.monotonic(), time.time())
         self._faults = []
-        probe = self._maybe_probe()
-        probe_ms = 0.0 if probe is None else (time.perf_counter() - t.start) * 1000.0
+        self._note_arrival()
         seen, carbon_state = self.read_context()
+        t_probe = time.perf_counter()
+        probe, skipped = self._maybe_probe(seen)
+        probe_ms = 0.0 if probe is None else (time.perf_counter() - t_probe) * 1000.0
+        if probe is not None:  # decide at what the probe measured
+            est = self.estimator.estimate()
+            seen = replace(seen, bandwidth_mbps=est.bandwidth_mbps, rtt_ms=est.rtt_ms)
         decision = self._decide(seen)
         t.decided = time.perf_counter()
         phases = {"context_decide": (t.decided - t.start) * 1000.0 - probe_ms}
@@ -316,6 +336,7 @@ class DeviceLoop:
                 d.partition, d.candidates, d.mode, d.cell, (*d.flags, "observe_error")
             )
         rec = self._record(run, seen, realised, acct, carbon_state, phases, t, true_bw)
+        rec.probe_skipped = None if skipped is None else skipped.to_record()
         self.count += 1
         if self.log is not None:
             self.log.write(rec.to_json() + "\n")
@@ -323,17 +344,24 @@ class DeviceLoop:
         return rec
 
     # -- decide ---------------------------------------------------------------------------
-    def _maybe_probe(self) -> ProbeOutcome | None:
+    def _maybe_probe(self, seen: Context) -> tuple[ProbeOutcome | None, ProbeValue | None]:
         """Probe the link when no transfer or probe has measured it for the probe interval
-        (probe_after_s, doubling per probe until a transfer succeeds). The probe waits no
-        longer than a transfer would (the deadline, at most 2 s); its energy is the board's
-        idle power plus the radio's at the rate it measured (the estimate's when it failed)."""
+        (probe_after_s, doubling per probe until a transfer succeeds) and the gate finds the
+        measurement worth its cost (`_probe_gate`; a probe it refuses is returned second).
+        The probe waits no longer than a transfer would (the deadline, at most 2 s); its
+        energy is the board's idle power plus the radio's at the rate it measured (the
+        estimate's when it failed)."""
         if self.client is None or self.cfg.probe_after_s is None:
-            return None
+            return None, None
         if getattr(self.client, "probe_route", None) == "none":  # the server cannot be probed
-            return None
+            return None, None
         client, after_s, max_s = self.client, self.cfg.probe_after_s, self.cfg.probe_backoff_max_s
+        if not self.estimator.probe_due(after_s, max_s):
+            return None, None
         timeout_s = max(1e-3, min(2.0, self.cfg.deadline_ms / 1000.0))
+        gate = self._guard("probe_gate", lambda: self._probe_gate(seen, timeout_s), None)
+        if gate is not None and not gate.worth:
+            return None, gate
         outcome = self._guard(
             "probe",
             lambda: self.estimator.maybe_probe(
@@ -342,8 +370,48 @@ class DeviceLoop:
             None,
         )
         if not isinstance(outcome, ProbeOutcome):
+            return None, None
+        return replace(outcome, route=getattr(client, "probe_route", None)), None
+
+    def _probe_gate(self, seen: Context, timeout_s: float) -> ProbeValue | None:
+        """The probe's value against its cost, where the loop can price both: a cost model,
+        a policy with a link belief (mode A's residual quantiles) and a link measured at
+        least once (the first measurement is always taken). None: probe as scheduled."""
+        residuals = getattr(self.policy, "residuals", None)
+        if (
+            not self.cfg.probe_gate
+            or self.cost_model is None
+            or residuals is None
+            or not self.estimator.measured
+        ):
             return None
-        return replace(outcome, route=getattr(client, "probe_route", None))
+        # one measurement informs the inferences until the next probe would be due
+        after_s = self.cfg.probe_after_s or 0.0
+        informs = 1.0 if self._gap_s is None else after_s / max(self._gap_s, 1e-3)
+        factors, lower = residuals.factors, residuals.lower_factor
+        history = self.estimator.history_mbps
+        if self.estimator.estimate().window == 0 and len(history) >= 2:
+            # a stale estimate (nothing measured within the estimator's window): the link
+            # may be anywhere it has been, so the belief is the spread of its measured rates
+            factors, lower = stale_factors(history, seen.bandwidth_mbps, len(factors))
+        return probe_value(
+            self.cost_model,
+            context_to_row(seen),
+            factors,
+            lower,
+            PROBE_BYTES,
+            informs,
+            timeout_s,
+        )
+
+    def _note_arrival(self) -> None:
+        """Track the gap between inferences (an EWMA on the estimator's clock): how many
+        decisions one link measurement informs."""
+        now = self.estimator.now()
+        if self._last_arrival is not None:
+            gap = max(0.0, now - self._last_arrival)
+            self._gap_s = gap if self._gap_s is None else 0.8 * self._gap_s + 0.2 * gap
+        self._last_arrival = now
 
     def _probe_power_mw(self, bandwidth_mbps: float | None) -> float:
         """Board power while probing: idle (p_idle_mw, else the profile's) plus the radio's at

@@ -7,6 +7,7 @@ Keys (TOML at the top level or under [run]; CLI flags use dashes):
   mode, policy, online, alpha, seed, input, count, interval_s, log, backend, max_loaded_heads,
   local_tail,
   deadline_ms, float16, device_load, battery_pct, probe, probe_after_s, probe_backoff_max_s,
+  probe_gate,
   shape_trace, shape_scale, shape_rtt_ms
 Every value is checked at start-up; an error names the key and where it came from.
 See deploy/run.example.toml.
@@ -100,7 +101,10 @@ class RunSettings:
     # The bandwidth probe (docs/METHOD.md §2): when no transfer or probe has measured the link
     # for probe_after_s, a 32 KiB probe before the next decision; each probe doubles the wait
     # (at most probe_backoff_max_s) until a transfer succeeds. probe = false turns it off.
+    # probe_gate: a due probe runs only when it can pay for itself (its value to the decisions
+    # it informs exceeds its energy; runtime/decision/probe_value.py); false: always.
     probe: bool = True
+    probe_gate: bool = True
     probe_after_s: float = 10.0
     probe_backoff_max_s: float = 300.0
     shape_trace: str | None = None

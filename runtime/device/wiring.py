@@ -275,6 +275,7 @@ def open_device(
                 battery_pct=settings.battery_pct,
                 probe_after_s=settings.probe_after_s if settings.probe else None,
                 probe_backoff_max_s=settings.probe_backoff_max_s,
+                probe_gate=settings.probe_gate,
             ),
             cost_model=cost_model,
             meter=meter,

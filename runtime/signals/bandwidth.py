@@ -9,9 +9,10 @@ recency-weighted mean of log-bandwidth over the samples of the last `window_s` s
 newer one's, normalised over the window. Rates are multiplicative (a 2 -> 20 Mbit/s swing
 should not be averaged arithmetically), hence the logs. Samples older than the window drop
 out, so a device moved to another link follows it within its first transfers instead of
-mixing them with what it measured there before; with no sample in the window the estimate
-holds its last value (initially `initial_mbps`). RTT is an EWMA (weight alpha) of measured
-round trips.
+mixing them with what it measured there before. With no sample in the window the estimate is
+the median (of the logs) of the last HISTORY_N measured rates once there are two, else its last
+value (initially `initial_mbps`): a stale last value may have been an outage or a peak.
+RTT is an EWMA (weight alpha) of measured round trips.
 
 **Failed transfers are evidence, not a verdict.** A transfer that was abandoned or timed out
 tells the estimator the link carried at most bytes_sent / elapsed: a *censored* sample (an
@@ -36,6 +37,7 @@ for the record) and summed (`probe_cost`).
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable
@@ -46,6 +48,7 @@ DEFAULT_WINDOW_S = 120.0
 DEFAULT_WINDOW_N = 32
 DEFAULT_PROBE_AFTER_S = 10.0
 DEFAULT_PROBE_BACKOFF_MAX_S = 300.0
+HISTORY_N = 64  # measured rates kept for the stale-estimate belief (history_mbps)
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,23 @@ class BandwidthEstimator:
         self.censored_samples = 0
         self.superseded = 0  # censored samples removed by a later, faster measurement
         self.probe_cost = ProbeCost()
+        # the last measured rates, whatever their age: the link's own long-run spread, the
+        # belief about a stale estimate (runtime/device/loop.py's probe gate)
+        self._history: deque[float] = deque(maxlen=HISTORY_N)
+
+    def now(self) -> float:
+        """The estimator's clock (monotonic seconds; emulated in the demo)."""
+        return self._clock()
+
+    @property
+    def history_mbps(self) -> list[float]:
+        """The last HISTORY_N measured rates (transfers and probes, not failures), oldest first."""
+        return list(self._history)
+
+    @property
+    def measured(self) -> bool:
+        """True once a transfer or a probe has measured the link (failures do not count)."""
+        return self._last_ok_t is not None
 
     # -- evidence ---------------------------------------------------------------------------
     def update(self, bandwidth_mbps: float | None, rtt_ms: float | None = None) -> None:
@@ -173,6 +193,7 @@ class BandwidthEstimator:
             self._window.clear()
             self._window.extend(kept)
             self._window.append(_Sample(now, log_bw, False))
+            self._history.append(max(bandwidth_mbps, MIN_MBPS))
             self._recompute()
             self.samples += 1
             used = True
@@ -185,8 +206,9 @@ class BandwidthEstimator:
 
     # -- the estimate -----------------------------------------------------------------------
     def _log_bw(self) -> float:
-        """The weighted mean of the window's log-bandwidths; with an empty window, the value
-        it had when its newest sample arrived (held)."""
+        """The weighted mean of the window's log-bandwidths; with an empty window, the median
+        of the measured rates (`history_mbps`) once there are two, else the value it had when
+        its newest sample arrived (held). The median is taken of the logs (rates multiply)."""
         now = self._clock()
         pruned = False
         while self._window and now - self._window[0].t > self.window_s:
@@ -194,6 +216,10 @@ class BandwidthEstimator:
             pruned = True
         if pruned and self._window:
             self._recompute()
+        if not self._window and len(self._history) >= 2:
+            # A stale estimate: where the link has been is a better guess than where it was
+            # last (its last rate may have been an outage, a stall's tail or a peak).
+            return statistics.median(math.log(v) for v in self._history)
         return self._held_log_bw
 
     def _recompute(self) -> None:

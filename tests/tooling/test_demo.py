@@ -105,6 +105,10 @@ def test_demo_on_the_tiny_bundle(tiny_bundle_copy, tmp_path, capsys):
     h = summary["headline"]
     assert h["policy"] == "A"
     assert h["probes"] == sum(r["probe"] is not None for r in recs["A"]) >= 1
+    # a probe is due before every step after a local run: each ran or the gate refused it
+    assert h["probes_skipped"] == sum(r["probe_skipped"] is not None for r in recs["A"])
+    due = sum(not r["offloaded"] for r in recs["A"][:-1]) + 1
+    assert h["probes"] + h["probes_skipped"] == due
     assert h["probe_carbon_mg"] == pytest.approx(1000.0 * sum(probe["A"]))
     for base in ("local", "server"):
         want = 100.0 * (1.0 - carbon["A"] / carbon[base])

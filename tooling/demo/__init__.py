@@ -44,9 +44,11 @@ Steps:
    client, the server's ExecuTorch tails, with the offload link paced to the scaled trace.
    Each policy's device is built from its settings by `open_device`, as `carboncp run`
    builds one, sharing the head runner, the link shaper and the carbon subscriber.
-   Every policy sees the same moment of both traces. A policy whose previous inference did
-   not measure the link (it ran locally) probes it first: steps are hours apart in emulated
-   time, so the estimate must not be a stale one. Each change of mode A's decision is put
+   Every policy sees the same moment of both traces. Before a policy whose previous
+   inference did not measure the link (it ran locally) decides, a probe is due: steps are
+   hours apart in emulated time. The probe gate runs it only where knowing the link is worth
+   more to that decision than the probe's energy (docs/METHOD.md §2.1); otherwise the device
+   decides at its stale estimate (the median of the rates it has measured). Each change of mode A's decision is put
    down to carbon or to the link (AttributedPolicy: the same policy re-decides with the
    previous step's carbon, and with the previous step's link).
 5. Costs are the device profile's (this CPU is not a Pi): latency, device energy, carbon and

@@ -187,9 +187,9 @@ def run_step(
         shared.shaper.seek(k * dt_bw)
         # Steps are hours apart in emulated time but milliseconds apart here, so a
         # wall-clock probe interval would leave the estimate stale for many steps
-        # while the device runs locally: it probes (cost counted) before deciding
-        # whenever its previous inference did not measure the link. The local-only
-        # baseline never sends, so it never probes.
+        # while the device runs locally: a probe is due before deciding whenever its
+        # previous inference did not measure the link, and runs where the probe gate finds
+        # it worth its cost (counted). The local-only baseline never sends, so never probes.
         prev = steps[-1][name] if steps else None
         stale = name != "local" and (prev is None or not prev.offloaded)
         loop.cfg.probe_after_s = 0.0 if stale else None
