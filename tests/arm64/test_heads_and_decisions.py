@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 
 import numpy as np
@@ -41,9 +42,10 @@ def test_every_head_equals_amd64(share, record) -> None:
     for k, d in diffs.items():
         assert got[k].shape == ref[k].shape, k
         assert d <= ATOL, (k, d)
+    cpu = os.environ.get("QEMU_CPU", "native")
     record(
-        f"heads-{_backend_tag(backend)}",
-        {"backend": backend, "heads": len(got), "inputs": len(xs),
+        f"heads-{_backend_tag(backend)}-{cpu}",
+        {"backend": backend, "cpu": cpu, "heads": len(got), "inputs": len(xs),
          "max_abs_diff": max(diffs.values()), "per_head": diffs},
     )  # fmt: skip
 

@@ -27,7 +27,9 @@ if [ -n "${CARBONCP_ARM64_PIP_CACHE:-}" ]; then
   mkdir -p "$CARBONCP_ARM64_PIP_CACHE" "$root/root/.cache/pip"
   mount --bind "$CARBONCP_ARM64_PIP_CACHE" "$root/root/.cache/pip"
 fi
-exec chroot "$root" /usr/bin/env -i \
+# QEMU_CPU: qemu-user emulates its "max" CPU by default (SVE, dotprod, fp16 ...), so XNNPACK would
+# pick kernels a Pi 4 cannot run; a Cortex-A72 offers what the Pi's CPU offers.
+exec chroot "$root" /usr/bin/env -i QEMU_CPU="${CARBONCP_ARM64_CPU:-cortex-a72}" \
   HOME=/root PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin LANG=C.UTF-8 \
   CI="${CI:-}" PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
   PIP_DEFAULT_TIMEOUT=180 \

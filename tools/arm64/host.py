@@ -100,16 +100,18 @@ def summary(share: Path) -> str:
         return json.loads((res / f"{name}.json").read_text())
 
     lit, tfl = load("versions-litert"), load("versions-tflite")
-    heads = [load(f"heads-{v}") for v in ("litert", "tflite")]
+    heads = [json.loads(p.read_text()) for p in sorted(res.glob("heads-*.json"))]
+    cpus = sorted({h["cpu"] for h in heads})
     dec = [load(f"decisions-{v}") for v in ("litert", "tflite")]
     run = load("run")
     worst = max(h["max_abs_diff"] for h in heads)
     return (
-        f"test-arm64: passed on Debian 12 arm64 (Python {lit['python']}, emulated): "
+        f"test-arm64: passed on Debian 12 arm64 (Python {lit['python']}, CPU: qemu "
+        f"{lit['cpu']}): "
         f"litert-runner (ai-edge-litert {lit['ai-edge-litert']} + numpy {lit['numpy']}, "
         f"tflite-runtime {tfl['tflite-runtime']} + numpy {tfl['numpy']}), "
         f"heads == amd64 ({heads[0]['heads']} heads x {heads[0]['inputs']} inputs, both "
-        f"interpreters, max diff {worst:.1e}), "
+        f"interpreters, CPUs {' and '.join(cpus)}, max diff {worst:.1e}), "
         f"decisions identical ({dec[0]['contexts']} contexts x {dec[0]['policies']} policies, "
         f"both venvs), carboncp run -> amd64 serve ({run['offloads']} of {run['inferences']} "
         "offloaded, carbon live over MQTT)"
