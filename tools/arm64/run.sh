@@ -76,7 +76,7 @@ copy_interp() {
   [ -z "${qemu_interp:-}" ] || { mkdir -p "$1$(dirname "$qemu_interp")" && cp -L "$qemu_interp" "$1$qemu_interp"; }
 }
 
-# The base root: debootstrap's two stages (~3 min), kept as a ~70 MB tarball for later runs.
+# The base root: debootstrap's two stages (4-7 min on 2 cores), kept as a 68 MB tarball for later runs.
 bootstrap() {
   local b=$cache/bootstrap.$$
   rm -rf "$b"
