@@ -83,9 +83,9 @@ test-triton: $(BIN)/.installed $(TRITON_VENV)/.installed
 	$(BIN)/carboncp export --quiet --triton-repo .cache/triton-repo .cache/triton-bundle
 	CARBONCP_TEST_BUNDLE=.cache/triton-bundle CARBONCP_TRITON_REPO=.cache/triton-repo \
 		CARBONCP_TRITON_VENV=$(TRITON_VENV) \
-		$(BIN)/python -m pytest -p no:cacheprovider tests/runtime/test_triton.py
+		$(BIN)/python -m pytest -p no:cacheprovider tests/triton/test_triton.py
 
-test: system-tools lint test-py test-tflite-runtime
+test: system-tools lint test-py test-tflite-runtime test-arm64 test-triton
 
 # Speed and memory targets: each benchmark prints ratios against a baseline measured in the same run.
 bench: $(BIN)/.installed

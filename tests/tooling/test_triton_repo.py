@@ -1,6 +1,6 @@
 """`carboncp export --triton-repo`: the Triton model repository's layout and config.pbtxt per
 model, and the generated model.py run against a stand-in for Triton's `pb_utils` (no Triton
-here: `make test-triton` runs the real server, tests/runtime/test_triton.py)."""
+here: `make test-triton` runs the real server, tests/triton/test_triton.py)."""
 
 from __future__ import annotations
 
