@@ -27,7 +27,6 @@ Layout written (DIR is replaced when it holds a repository written here before):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from carboncp.runtime.artifacts.bundle import Bundle
+from carboncp.runtime.artifacts.bundle import Bundle, sha256_file
 from carboncp.runtime.errors import ConfigError
 from carboncp.runtime.link import wire
 from carboncp.runtime.link.routes import model_name
@@ -166,14 +165,6 @@ def _say(progress: bool, msg: str) -> None:
         print(f"carboncp export: {msg}", file=sys.stderr, flush=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--triton-repo {out}: exists and is not a folder")
@@ -199,7 +190,7 @@ def _rebuild(bundle: Bundle, weights: str | None) -> Any:
                 f"{bundle.path}: the bundle was exported from weights file "
                 f"{winfo.get('file')!r}; give it with --weights FILE"
             )
-        if _sha256(Path(weights)) != winfo.get("sha256"):
+        if sha256_file(Path(weights)) != winfo.get("sha256"):
             raise ConfigError(
                 f"--weights {weights}: not the file the bundle was exported from (sha256 differs)"
             )
