@@ -385,12 +385,15 @@ class DeviceLoop:
             or not self.estimator.measured
         ):
             return None
+        est = self.estimator.estimate()
+        if est.censored:  # the estimate rests on failed transfers (a stall, an outage): no
+            return None  # belief to price a probe with; the schedule and its backoff decide
         # one measurement informs the inferences until the next probe would be due
         after_s = self.cfg.probe_after_s or 0.0
         informs = 1.0 if self._gap_s is None else after_s / max(self._gap_s, 1e-3)
         factors, lower = residuals.factors, residuals.lower_factor
         history = self.estimator.history_mbps
-        if self.estimator.estimate().window == 0 and len(history) >= 2:
+        if est.window == 0 and len(history) >= 2:
             # a stale estimate (nothing measured within the estimator's window): the link
             # may be anywhere it has been, so the belief is the spread of its measured rates
             factors, lower = stale_factors(history, seen.bandwidth_mbps, len(factors))

@@ -162,3 +162,30 @@ def test_a_failing_gate_leaves_the_probe_to_its_schedule(bundle):
     recs, server = _run(bundle, BrokenBelief(), step_s=3600.0, n=4)
     assert len(server.probes) == 4 and all(r.probe is not None for r in recs)
     assert all("probe_gate_error:RuntimeError" in r.decision_flags for r in recs[1:])
+
+
+def test_after_a_stall_the_schedule_probes_whatever_the_belief(bundle):
+    """A 5 s stall leaves censored samples (failures, not measurements) under the estimate:
+    the gate stands aside and the scheduled probe finds the server again within 10 s, even
+    with a belief that says the link cannot surprise (the stall test of test_loop_probe.py,
+    with the gated policy)."""
+    clock = Clock()
+    cm = CostModel(synthetic_profile(bundle), Objective())
+    server = StallingServer(bundle, clock)
+    loop = DeviceLoop(
+        bundle, BeliefPolicy(cm, CERTAIN), Head(bundle), client=server,
+        carbon=StaticCarbon({"device": 400.0, "server": 400.0}),
+        estimator=BandwidthEstimator(clock=clock),
+        config=LoopConfig(deadline_ms=300.0, probe_after_s=10.0),
+        cost_model=cm, load=LoadSampler(0.0), log=io.StringIO(),
+    )  # fmt: skip
+    recs = []
+    while clock.t < 40.0:
+        t = clock.t
+        recs.append((t, loop.infer(np.full(bundle.input_shape, 9, np.uint8))))
+        clock.t += 0.5
+    stalled_end = 10.0
+    assert any("timeout" in r.fallbacks for t, r in recs if t < stalled_end)
+    t_back = next(t for t, r in recs if t >= stalled_end and r.offloaded)
+    assert t_back - stalled_end <= 10.0
+    assert not any(r.probe_skipped for t, r in recs if 5.0 <= t < t_back)
