@@ -13,6 +13,7 @@ from carboncp.runtime.decision.conformal import (
     ACI,
     INF,
     BinnedLogit,
+    SmallCalibrationWarning,
     WeightedCP,
     conformal_rank,
     default_ess_floor,
@@ -323,3 +324,11 @@ def test_weighted_quantile_reaches_a_mass_that_rounding_puts_just_short() -> Non
     assert weighted_quantile_inf(s, np.array([3000.0, 3000.0]), 4000.0, 0.7) == 0.0
     assert weighted_quantile_inf(s * 5, np.array([3e5, 1e5]), 6e5, 0.7) == 0.0
     assert _weighted_quantile_by_definition(s, np.array([3000.0, 3000.0]), 4000.0, 0.7) == 0.0
+
+
+def test_the_small_calibration_warning_names_the_callers_line() -> None:
+    """stacklevel=2: the warning points at the code that called split_threshold (here, this
+    file), where the too-small calibration set came from, not at conformal.py or pytest."""
+    with pytest.warns(SmallCalibrationWarning) as rec:
+        split_threshold(np.zeros(5), 0.1)
+    assert len(rec) == 1 and rec[0].filename == __file__

@@ -179,3 +179,22 @@ def test_cost_model_of_a_bundle_reads_its_objective_or_refuses(tmp_path) -> None
     save_manifest(root, m)
     with pytest.raises(ConfigError, match=r"objective\.json"):
         cost_model_of(Bundle.load(root))
+
+
+def test_an_outage_falls_back_even_for_a_partition_that_sends_nothing() -> None:
+    """A profile may give a split 0 bytes each way (>= 0 is valid). At B = 0 it still
+    falls back in both paths (no 0/0 = NaN round trip that compares as 'in time')."""
+    prof = Profile(
+        device_ms=[0.0, 10.0, 40.0], device_ms_p90=[0.0, 12.0, 45.0], server_ms=[20.0, 5.0, 0.0],
+        wire_bytes=[0, 50_000, 0], return_bytes=[0, 1000, 0], p_active_mw=5000.0,
+        p_idle_mw=2000.0, radio="wifi", battery_wh=10.0, server_p_marginal_mw=10_000.0,
+    )  # fmt: skip
+    cm = CostModel(prof, Objective())
+    ctx = (0.0, 10.0, 0.0, 0.0, 300.0, 300.0, 80.0)
+    c = cm.evaluate(np.array([ctx]))
+    assert c.fallback[0].tolist() == [True, True, False]
+    assert c.latency_ms[0].tolist() == [0.0 + 50.0 + 40.0, 10.0 + 50.0 + 30.0, 40.0]
+    assert np.isfinite(c.objective).all()
+    lat, j = cm.row(ctx, 0.0)
+    assert lat == c.latency_ms[0].tolist()
+    np.testing.assert_allclose(j, c.objective[0], rtol=1e-12)
