@@ -78,6 +78,10 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             _RT + "test_policy.py",
         ],
     ),
+    "runtime/decision/probe_value.py": (
+        "carboncp.runtime.decision.probe_value",
+        [_RT + "test_probe_value.py", _RT + "test_loop_probe_gate.py"],
+    ),
     "runtime/signals/carbon.py": (
         "carboncp.runtime.signals.carbon",
         [

@@ -137,7 +137,7 @@ def stale_factors(
     factors = []
     for i in range(k):
         pos = (i + 0.5) / k * (len(xs) - 1)
-        j = min(int(pos), len(xs) - 2)
+        j = int(pos)  # < len(xs) - 1: the level (i + 1/2)/K is below 1
         rate = xs[j] + (xs[j + 1] - xs[j]) * (pos - j)
         factors.append(rate / estimate_mbps)
     return factors, xs[0] / estimate_mbps

@@ -5,6 +5,7 @@ hand, the stale belief's quantiles by numpy."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -35,7 +36,7 @@ def _brute_voi(cm: CostModel, row: list[float], factors: list[float], lower: flo
     x = np.array([row] * len(factors))
     c = cm.evaluate(x, tx_mbps=np.array([row[0] * f for f in factors]))
     blind_lat = cm.evaluate(np.array([row]), tx_mbps=np.array([row[0] * lower])).latency_ms[0]
-    slo, local = cm.slo, cm.P
+    slo, local = (np.inf if cm.slo is None else cm.slo), cm.P
     ok_blind = (blind_lat <= slo) | (np.arange(local + 1) == local)
     blind = c.objective.mean(axis=0)[ok_blind].min()
     ok = (c.latency_ms <= slo) | (np.arange(local + 1) == local)[None, :]
@@ -43,7 +44,11 @@ def _brute_voi(cm: CostModel, row: list[float], factors: list[float], lower: flo
     return max(0.0, blind - informed)
 
 
-def test_the_value_of_knowing_the_link_matches_a_brute_force_computation(cost):
+@pytest.mark.parametrize("slo_ms", [300.0, 70.0, 40.0, None])
+def test_the_value_of_knowing_the_link_matches_a_brute_force_computation(tiny_bundle, slo_ms):
+    # tight SLOs make eligibility bind (70 ms: slow transfers miss it; 40 ms: the local run
+    # itself misses it, and stays eligible only when deciding blind)
+    cost = CostModel(synthetic_profile(Bundle.load(tiny_bundle)), Objective(slo_ms=slo_ms))
     rng = random.Random(3)
     positive = 0
     for _ in range(300):
@@ -106,6 +111,12 @@ def test_the_probe_costs_its_energy_and_time(tiny_bundle):
     e_j = (cm.p_idle + cm.objective.radio_power_mw(8.0)) * t_ms * 1e-6
     want = device_energy_weight(cm, row) * e_j + cm.wt * t_ms
     assert probe_cost_j(cm, row, 32768) == pytest.approx(want)
+    # a slow estimate and a sub-millisecond RTT are priced as they are (no floor at 1)
+    slow = (0.5, 0.4, 0.0, 0.0, 250.0, 100.0, 90.0)
+    t_ms = 8e-3 * 32768 / 0.5 + 0.4
+    e_j = (cm.p_idle + cm.objective.radio_power_mw(0.5)) * t_ms * 1e-6
+    want = device_energy_weight(cm, slow) * e_j + cm.wt * t_ms
+    assert probe_cost_j(cm, slow, 32768) == pytest.approx(want)
     # a timeout bounds the probe's time
     capped = probe_cost_j(cm, row, 32768, timeout_s=0.01)
     e10 = (cm.p_idle + cm.objective.radio_power_mw(8.0)) * 10.0 * 1e-6
@@ -118,6 +129,7 @@ def test_stale_factors_are_the_history_quantiles_over_the_estimate():
     want = np.quantile(hist, [(i + 0.5) / 4 for i in range(4)]) / 10.0
     assert factors == pytest.approx(list(want)) and lower == pytest.approx(0.3)
     assert stale_factors([5.0, 5.0], 5.0, 1) == ([1.0], 1.0)
+    assert stale_factors([0.2, 0.6], 0.4, 1) == (pytest.approx([1.0]), pytest.approx(0.5))
     for bad in (([5.0], 5.0, 3), ([1.0, 2.0], 0.0, 3), ([1.0, 2.0], 1.0, 0)):
         with pytest.raises(ValueError):
             stale_factors(*bad)
@@ -129,6 +141,31 @@ def test_a_probe_is_worth_it_when_the_informed_inferences_gain_more_than_it_cost
     row = (50.0, 5.0, 0.0, 0.0, 400.0, 50.0, 80.0)
     v = probe_value(cost, row, [0.001, 20.0], 0.001, 32768, informs=0.2)
     assert v.informs == 1.0  # at least the inference it precedes
+    assert probe_value(cost, row, [0.001, 20.0], 0.001, 32768).informs == 1.0  # the default
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        v.value_j = 1.0  # type: ignore[misc]
     assert v.to_record() == {
         "value_j": v.value_j, "cost_j": v.cost_j, "informs": 1.0, "worth": v.worth,
     }  # fmt: skip
+
+
+class _ScriptedCost:
+    """Latency and J per rate, as CostModel.row returns them (two partitions, P = 1)."""
+
+    slo, P = 100.0, 1
+
+    def row(self, ctx, bandwidth_mbps):
+        if bandwidth_mbps >= 10.0:  # offloading: exactly at the SLO, cheaper than local
+            return [100.0, 50.0], [1.0, 3.0]
+        return [200.0, 50.0], [9.0, 3.0]  # too slow: over the SLO and dearer
+
+
+def test_a_latency_exactly_at_the_slo_meets_it():
+    """The slack deadline rule makes a fallback end exactly at the SLO, so "meets" is <=, both
+    when deciding blind (at the pessimistic rate) and when informed."""
+    row = (10.0, 5.0, 0.0, 0.0, 300.0, 100.0, 80.0)
+    # informed: at rate 10 partition 0 (J 1) is eligible, at rate 1 only local (J 3)
+    # blind at the pessimistic rate 10: partition 0 eligible, mean J (1 + 9) / 2 = 5 > local 3
+    assert link_information_value(_ScriptedCost(), row, [1.0, 0.1], 1.0) == pytest.approx(1.0)
+    # blind with both rates good: partition 0 at exactly the SLO is eligible, J 1: no value
+    assert link_information_value(_ScriptedCost(), row, [1.0, 1.0], 1.0) == 0.0
