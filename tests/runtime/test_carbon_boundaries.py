@@ -233,3 +233,12 @@ def test_formatted_payload_rounds_values_to_three_decimals() -> None:
     assert doc["gco2_per_kwh"] == 123.457
     assert doc["forecast"] == [[NOW + 3600, 98.765]]
     assert doc["ts"] == "2023-11-14T22:13:20Z"
+
+
+@pytest.mark.parametrize("data", [[], [5], ["x", {"intensity": {}}]])
+def test_an_empty_or_non_object_data_list_is_a_missing_point(data) -> None:
+    """`data` must hold an object first: an empty list, or a number or string in its place,
+    is the documented "missing" error, not a crash on data[0]."""
+    with pytest.raises(PayloadError, match=r"data\[0\] missing") as e:
+        _parse({"data": data})
+    assert e.value.reason == "missing"
