@@ -60,10 +60,10 @@ def tiny_net() -> nn.Module:
     return TinyNet()
 
 
-def build(out_dir: str | Path, progress: bool = True) -> Path:
+def build(out_dir: str | Path, progress: bool = True, spec: str = SPEC) -> Path:
     from carboncp.tooling.export import export_bundle
 
-    return export_bundle(SPEC, out_dir, progress=progress, seed=0)
+    return export_bundle(spec, out_dir, progress=progress, seed=0)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tests import tiny_bundle
 from tests.tiny_bundle import TinyNet
 
 SPEC = "tests.triton_bundle:wide_tiny_net"
@@ -27,9 +28,7 @@ def wide_tiny_net() -> WideTinyNet:
 
 
 def build(out_dir: str | Path, progress: bool = True) -> Path:
-    from carboncp.tooling.export import export_bundle
-
-    return export_bundle(SPEC, out_dir, progress=progress, seed=0)
+    return tiny_bundle.build(out_dir, progress, spec=SPEC)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             _RT + "test_costs.py",
             _RT + "test_expected_rule.py",
             _RT + "test_objective_default.py",
+            _RT + "test_probe_value.py",
         ],
     ),
     "runtime/decision/policy.py": (

@@ -492,6 +492,14 @@ class CostModel:
             raise ValueError(f"partitions {bad} are outside 0..{self.P}") from None
         return lat, obj
 
+    def device_energy_weight(self, ctx: Sequence[float]) -> float:
+        """Objective per joule of device energy in context `ctx` (CONTEXT_FIELDS order): the
+        carbon weight times the device grid's intensity plus the battery weight where the
+        battery term acts; the `a` of `row` per J instead of per µJ (the probe gate prices a
+        link probe's energy with it, runtime/decision/probe_value.py)."""
+        i_d = float(ctx[4]) if self.fixed_id is None else float(self.fixed_id)
+        return self._wc_j * i_d + self._wb_j * self.objective.battery_shape(float(ctx[6]))
+
     def row_objective(
         self,
         ctx: tuple[float, ...],

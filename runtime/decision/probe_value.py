@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from carboncp.runtime.decision.costs import J_PER_KWH, CostModel
+from carboncp.runtime.decision.costs import CostModel
 
 
 @dataclass(frozen=True)
@@ -95,15 +95,6 @@ def link_information_value(
     return max(0.0, blind - informed / n)
 
 
-def device_energy_weight(cost: CostModel, row: Sequence[float]) -> float:
-    """Objective per joule of device energy in this context: the carbon weight times the
-    device grid's intensity, plus the battery weight where the battery term is on (the
-    `a` of CostModel.row, per J instead of per µJ)."""
-    i_d = float(row[4]) if cost.fixed_id is None else float(cost.fixed_id)
-    h = float(cost.objective.battery_shape(float(row[6])))
-    return cost.wc / J_PER_KWH * i_d + cost.wb * cost.soc_k * h
-
-
 def probe_cost_j(
     cost: CostModel, row: Sequence[float], probe_bytes: int, timeout_s: float | None = None
 ) -> float:
@@ -115,7 +106,7 @@ def probe_cost_j(
         t_ms = min(t_ms, 1000.0 * timeout_s)
     power_mw = cost.p_idle + float(cost.objective.radio_power_mw(b_hat))
     energy_j = power_mw * t_ms * 1e-6
-    return device_energy_weight(cost, row) * energy_j + cost.wt * t_ms
+    return cost.device_energy_weight(row) * energy_j + cost.wt * t_ms
 
 
 def stale_factors(

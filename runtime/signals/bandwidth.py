@@ -146,6 +146,7 @@ class BandwidthEstimator:
         # the last measured rates, whatever their age: the link's own long-run spread, the
         # belief about a stale estimate (runtime/device/loop.py's probe gate)
         self._history: deque[float] = deque(maxlen=HISTORY_N)
+        self._history_log_median = 0.0
 
     def now(self) -> float:
         """The estimator's clock (monotonic seconds; emulated in the demo)."""
@@ -194,6 +195,8 @@ class BandwidthEstimator:
             self._window.extend(kept)
             self._window.append(_Sample(now, log_bw, False))
             self._history.append(max(bandwidth_mbps, MIN_MBPS))
+            # the stale estimate, computed once per measurement, not per read
+            self._history_log_median = statistics.median(math.log(v) for v in self._history)
             self._recompute()
             self.samples += 1
             used = True
@@ -219,7 +222,7 @@ class BandwidthEstimator:
         if not self._window and len(self._history) >= 2:
             # A stale estimate: where the link has been is a better guess than where it was
             # last (its last rate may have been an outage, a stall's tail or a peak).
-            return statistics.median(math.log(v) for v in self._history)
+            return self._history_log_median
         return self._held_log_bw
 
     def _recompute(self) -> None:

@@ -16,7 +16,6 @@ from carboncp.runtime.decision.costs import CostModel
 from carboncp.runtime.decision.objective import Objective
 from carboncp.runtime.decision.probe_value import (
     ProbeValue,
-    device_energy_weight,
     link_information_value,
     probe_cost_j,
     probe_value,
@@ -101,7 +100,7 @@ def test_the_device_energy_weight_prices_the_local_run_as_the_cost_model_does(ti
     lat, j = cm.row(row, 20.0)
     P = cm.P
     e_local_j = cm.p_act * lat[P] * 1e-6  # mW * ms = µJ
-    assert device_energy_weight(cm, row) * e_local_j + cm.wt * lat[P] == pytest.approx(j[P])
+    assert cm.device_energy_weight(row) * e_local_j + cm.wt * lat[P] == pytest.approx(j[P])
 
 
 def test_the_probe_costs_its_energy_and_time(tiny_bundle):
@@ -109,18 +108,18 @@ def test_the_probe_costs_its_energy_and_time(tiny_bundle):
     row = (8.0, 20.0, 0.0, 0.0, 250.0, 100.0, 90.0)
     t_ms = 8e-3 * 32768 / 8.0 + 20.0
     e_j = (cm.p_idle + cm.objective.radio_power_mw(8.0)) * t_ms * 1e-6
-    want = device_energy_weight(cm, row) * e_j + cm.wt * t_ms
+    want = cm.device_energy_weight(row) * e_j + cm.wt * t_ms
     assert probe_cost_j(cm, row, 32768) == pytest.approx(want)
     # a slow estimate and a sub-millisecond RTT are priced as they are (no floor at 1)
     slow = (0.5, 0.4, 0.0, 0.0, 250.0, 100.0, 90.0)
     t_ms = 8e-3 * 32768 / 0.5 + 0.4
     e_j = (cm.p_idle + cm.objective.radio_power_mw(0.5)) * t_ms * 1e-6
-    want = device_energy_weight(cm, slow) * e_j + cm.wt * t_ms
+    want = cm.device_energy_weight(slow) * e_j + cm.wt * t_ms
     assert probe_cost_j(cm, slow, 32768) == pytest.approx(want)
     # a timeout bounds the probe's time
     capped = probe_cost_j(cm, row, 32768, timeout_s=0.01)
     e10 = (cm.p_idle + cm.objective.radio_power_mw(8.0)) * 10.0 * 1e-6
-    assert capped == pytest.approx(device_energy_weight(cm, row) * e10 + cm.wt * 10.0)
+    assert capped == pytest.approx(cm.device_energy_weight(row) * e10 + cm.wt * 10.0)
 
 
 def test_stale_factors_are_the_history_quantiles_over_the_estimate():
