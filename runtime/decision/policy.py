@@ -5,8 +5,9 @@ The per-decision path is pure Python over lists prepared at load (no numpy per c
 set and guard of a cell at a set size are computed once and looked up after, and mode A
 prices only the partitions that survive the guard (`CostModel.row_expected` with a subset).
 
-Mode A is risk-neutral inside the set (docs/METHOD.md §7): among the kept partitions whose
-live latency at the pessimistic bandwidth B̂·exp(lower) meets the SLO, the one with the least
+Mode A is risk-neutral inside the set (docs/METHOD.md §7): among the set's partitions whose
+live latency at the pessimistic bandwidth B̂·exp(lower) meets the SLO (its chance
+constraint, which replaces the table's coarser guard in mode A), the one with the least
 J averaged over B̂·exp(r_k), r_k the K quantiles of log(B_real / B̂) the table stores, blended
 with a sliding window of the residuals the device observes (`ResidualWindow`). A context
 outside the table's calibration support is decided by the same rule over every partition.
@@ -32,6 +33,7 @@ BANDWIDTH_RULES = ("expected", "lower")
 RESIDUAL_WINDOW = 200  # observed log(B_real / B̂) residuals mode A's quantiles blend in
 BW_FLOOR_MBPS = 0.01  # residuals are taken of rates floored here (as the table's build does)
 OUT_OF_SUPPORT = "out_of_support"
+RELAXED = "slo_guard_relaxed"
 _CACHE_MAX = 50_000  # cached sets (cells seen x set sizes); cleared when full
 
 
@@ -52,13 +54,15 @@ class TablePolicy:
     """CarbonCP's decision from the threshold table (docs/METHOD.md §6-8; a `Policy`).
 
     Per inference: the context's table cell, the conformal set (partitions whose cell score is
-    <= the threshold), then the SLO guard (keeps the partitions whose conformal latency upper
-    bound meets the SLO; when none would, the whole set is kept and the decision is flagged
-    "slo_guard_relaxed"). When two or more partitions survive, `mode` picks one:
-    "A" the lowest expected live J (`CostModel.row_expected`, J averaged over the bandwidth
-    quantiles B̂·exp(r_k)) among those whose live latency at the conformal lower bound of the
-    bandwidth meets the SLO (the fastest there when none does; ties to the lowest score), "M"
-    the lowest table score, "R" one uniformly at random. A context outside the table's
+    <= the threshold), then the SLO guard. Modes M and R use the table's guard (keeps the
+    partitions whose conformal latency upper bound in the latency cell meets the SLO; when
+    none would, the whole set is kept and the decision is flagged "slo_guard_relaxed").
+    Mode A's guard is its own chance constraint, priced live: it keeps the set's partitions
+    whose live latency at the conformal lower bound of the bandwidth meets the SLO (when none
+    does, the fastest there, flagged "slo_guard_relaxed") and picks the lowest expected live
+    J among them (`CostModel.row_expected`, J averaged over the bandwidth quantiles
+    B̂·exp(r_k); ties to the lowest score). When two or more partitions survive, `mode` picks
+    one: "A" as above, "M" the lowest table score, "R" one uniformly at random. A context outside the table's
     calibration support (`Table.support`) is flagged "out_of_support"; mode A then applies
     its rule to every partition, not to the table's set.
 
@@ -87,6 +91,9 @@ class TablePolicy:
             `bandwidth_fallback`.
         residual_window: how many observed residuals log(B_real / B̂) the quantiles blend in
             (0: the table's quantiles only).
+        table_guard: apply the table's SLO guard (None: in modes M and R, not in mode A,
+            whose live chance constraint tests the same thing at the exact context; True in
+            mode A is the rule before 5 Dec 2026, both tests, kept for comparison).
 
     Raises:
         ConfigError: `mode`, `online`, `alpha`, `gamma`, `bandwidth_rule` or
@@ -109,6 +116,7 @@ class TablePolicy:
         known_bandwidth: bool = False,
         bandwidth_rule: str = "expected",
         residual_window: int = RESIDUAL_WINDOW,
+        table_guard: bool | None = None,
     ):
         if bandwidth_rule not in BANDWIDTH_RULES:
             raise ConfigError(f"bandwidth_rule={bandwidth_rule!r} is not one of {BANDWIDTH_RULES}")
@@ -129,7 +137,12 @@ class TablePolicy:
         self._range = list(range(self.p1))
         self._all = tuple(self._range)
         self.scores: list[list[float]] = table.scores.astype(np.float64).tolist()
-        self.guard: list[list[bool]] = table.guard_ok().tolist()
+        # Mode A's chance constraint is the live latency at the conformal bandwidth bound; the
+        # table's guard (latency cell + a marginal offset) is a coarser test of the same
+        # constraint, and requiring both is stricter than α (measured: docs/RESULTS.md).
+        self.table_guard = mode != "A" if table_guard is None else bool(table_guard)
+        ok = table.guard_ok()
+        self.guard: list[list[bool]] = (ok if self.table_guard else np.ones_like(ok)).tolist()
         # Each cell's scores in ascending order: the set at threshold q is the k partitions
         # scored <= q, k = bisect_right(sorted scores, q), so (cell, k) fixes the set and the
         # guard (the latency cell is a function of the cell) however q moves: the cache key is
@@ -206,7 +219,7 @@ class TablePolicy:
             bundle: a loaded `Bundle` with 'table', 'profile' and 'objective' sections.
             mode, alpha, seed, online: as for `TablePolicy`.
             **kw: the keyword-only options of `TablePolicy` (gamma, window, refit_every,
-                known_bandwidth, bandwidth_rule, residual_window).
+                known_bandwidth, bandwidth_rule, residual_window, table_guard).
 
         Returns:
             The policy over the bundle's table and `cost_model_of(bundle)`.
@@ -286,27 +299,34 @@ class TablePolicy:
                     p = -1
                     kept = self._all
                 break
+        key = p  # of the reused Decision: p, or p + P + 1 when mode A relaxed its constraint
         if p < 0:  # two or more partitions survive the guard: the mode picks
             mode = self.mode
             if mode == "A":  # live cost of the kept partitions only
-                p = self._mode_a(row, kept, s)
+                p = key = self._mode_a(row, kept, s)
+                if p < 0:  # none meets the SLO at the bound: the fastest, flagged once
+                    p = key = -p - 1
+                    if not relaxed:
+                        self.n_guard_relaxed += 1
+                        flags = (*flags, RELAXED)
+                        key += self.p1
             elif mode == "M":
-                p = lowest
+                p = key = lowest
             else:
-                p = kept[self.rng.randrange(len(kept))]
+                p = key = kept[self.rng.randrange(len(kept))]
         if oos:  # flagged (the table's set is kept for coverage)
             return Decision(p, cand, self.mode, cell, (*flags, OUT_OF_SUPPORT))
         # Decisions are immutable: reuse an equal one (creating a frozen dataclass costs more
         # than the whole table lookup).
-        d = decisions.get(p)
+        d = decisions.get(key)
         if d is None:
-            d = decisions[p] = Decision(p, cand, self.mode, cell, flags)
+            d = decisions[key] = Decision(p, cand, self.mode, cell, flags)
         return d
 
     def _mode_a(self, row: tuple[float, ...], parts: tuple[int, ...], s: list[float]) -> int:
         """Mode A's pick among `parts`: the SLO at the pessimistic bandwidth, then the lowest
         J averaged over the bandwidth quantiles ("expected") or at the pessimistic bandwidth
-        ("lower")."""
+        ("lower"); -(p + 1) when none meets the SLO there (p the fastest)."""
         res = self.residuals
         b_low = row[0] * res.lower_factor
         if self.bandwidth_rule == "lower":
@@ -335,7 +355,7 @@ class TablePolicy:
             kept=kept,
             scores=s,
             relaxed=relaxed,
-            flags=("slo_guard_relaxed",) if relaxed else (),
+            flags=(RELAXED,) if relaxed else (),
             single=kept[0] if len(kept) == 1 else -1,
             lowest_score=min(kept, key=s.__getitem__),
             decisions={},
@@ -344,9 +364,10 @@ class TablePolicy:
     def _pick_a(
         self, kept: tuple[int, ...], lat: list[float], j: list[float], s: list[float]
     ) -> int:
-        """Lowest J (expected or pessimistic) among partitions meeting the SLO at the pessimistic bandwidth (the
-        fastest when none does); ties go to the lowest score (mode M), then to the lowest
-        partition. lat and j are aligned with kept (row() returns them so).
+        """Lowest J (expected or pessimistic) among partitions meeting the SLO at the
+        pessimistic bandwidth; when none does, -(p + 1) for p the fastest there. Ties go to
+        the lowest score (mode M), then to the lowest partition. lat and j are aligned with
+        kept (row() returns them so).
 
         Plain loops (the per-decision path): scores are read only on a tie, and zip has no
         strict=, whose keyword argument costs more (~0.15 µs) than the loop over a set."""
@@ -366,7 +387,7 @@ class TablePolicy:
         for k, t in zip(kept, lat):  # noqa: B905 (none meets the SLO: the fastest)
             if p < 0 or t < best or (t == best and s[k] < s[p]):
                 p, best = k, t
-        return p
+        return -p - 1
 
     def observe(self, decision: Decision, seen: Context, realised: Context) -> None:
         """Oracle under the realised context; err = oracle not in the set; update ACI/WCP.

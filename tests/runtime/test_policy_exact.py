@@ -116,6 +116,43 @@ def test_mode_a_without_an_slo_and_with_none_meeting_it() -> None:
     assert TablePolicy(t2, slow, online="split").decide(ctx).partition == 0  # the fastest
 
 
+def test_mode_a_guards_by_its_live_chance_constraint_not_the_tables_guard() -> None:
+    """The table's guard drops partition 0 (its latency cell's bound, 900 ms, is over the SLO)
+    while the live latency at the bandwidth bound meets it: mode A keeps 0 (its own chance
+    constraint at the exact context), with table_guard=True it does not (the rule before
+    5 Dec), and mode M still applies the table's guard."""
+    t = _table([[0.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.2]] * 2, [[900] + [10] * 6] * 2, qhat=0.5)
+    lat = [200.0, 350.0, 350.0, 350.0, 350.0, 350.0, 250.0]
+    j = [0.1, 0.5, 0.5, 0.5, 0.5, 0.5, 1.0]
+    ctx = _ctx(5.0)
+    a = TablePolicy(t, _Cost(lat, j, 300.0), online="split")
+    assert a.table_guard is False and (a.decide(ctx).partition, a.decide(ctx).flags) == (0, ())
+    both = TablePolicy(t, _Cost(lat, j, 300.0), online="split", table_guard=True)
+    assert both.decide(ctx).partition == 6  # 0 guarded away; 6 the only one within the SLO
+    m = TablePolicy(t, _Cost(lat, j, 300.0), "M", online="split")
+    assert m.table_guard is True and m.decide(ctx).partition == 1  # the lowest score after 0
+    # none meets the SLO at the bound: the fastest, flagged and counted once per decision,
+    # also when the table's guard was relaxed as well (table_guard=True, every bound 900 ms)
+    slow = _Cost([400.0, 500.0, 500.0, 350.0, 900.0, 900.0, 320.0], j, 300.0)
+    for pol in (
+        TablePolicy(t, slow, online="split"),
+        TablePolicy(
+            _table([[0.0] * 7] * 2, [[900] * 7] * 2, qhat=0.5),
+            slow,
+            online="split",
+            table_guard=True,
+        ),
+    ):
+        for _ in range(3):
+            d = pol.decide(ctx)
+            assert (d.partition, d.flags) == (6, ("slo_guard_relaxed",))
+        assert pol.n_guard_relaxed == 3
+    # out of support: flagged both ways
+    oos = TablePolicy(t, slow, online="split")
+    oos._support = ((0, 0.0, 1.0),)
+    assert oos.decide(ctx).flags == ("slo_guard_relaxed", "out_of_support")
+
+
 def test_coverage_and_counters() -> None:
     t = _table(SCORES, LAT, qhat=0.5)
     pol = TablePolicy(t, cost_model(), "M", online="split")
