@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from carboncp.runtime.decision.conformal import ACI, BinnedLogit, WeightedCP, check_alpha
-from carboncp.runtime.decision.context import Context, Decision
+from carboncp.runtime.decision.context import CONTEXT_FIELDS, Context, Decision
 from carboncp.runtime.decision.table import CellIndex, Table
 from carboncp.runtime.errors import BundleError, ConfigError
 
@@ -257,6 +257,8 @@ class TablePolicy:
         Raises:
             BundleError: the threshold is NaN or a cell's set is empty (a corrupt table or
                 calibration scores; rebuild the bundle).
+            ValueError: a field of `seen` is NaN or infinite (the device loop never passes
+                one: it substitutes its last good reading, docs/FAULTS.md).
         """
         row = (
             seen.bandwidth_mbps,
@@ -267,6 +269,14 @@ class TablePolicy:
             seen.server_gco2_per_kwh,
             seen.battery_pct,
         )
+        if not all(map(math.isfinite, row)):  # else a silent pick, or the cost model's IndexError
+            bad = [
+                f"{k}={v}" for k, v in zip(CONTEXT_FIELDS, row, strict=True) if not math.isfinite(v)
+            ]
+            raise ValueError(
+                f"context {', '.join(bad)}: every field must be a finite number; pass the "
+                "last good reading instead (as the device loop does)"
+            )
         return self.decide_row(row)
 
     def decide_row(self, row: tuple[float, ...]) -> Decision:

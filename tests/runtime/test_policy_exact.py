@@ -153,6 +153,19 @@ def test_mode_a_guards_by_its_live_chance_constraint_not_the_tables_guard() -> N
     assert oos.decide(ctx).flags == ("slo_guard_relaxed", "out_of_support")
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("field", ["bandwidth_mbps", "device_load", "server_load", "battery_pct"])
+def test_a_context_that_is_not_finite_is_refused_by_name(field, value) -> None:
+    """NaN in an unbinned field used to give an IndexError in the cost model, or a silent
+    pick; decide() names the field instead (the device loop passes its last good reading)."""
+    pol = TablePolicy(_table(SCORES, LAT, qhat=0.5), cost_model())
+    ctx = Context(**(_ctx(5.0).__dict__ | {field: value}))
+    with pytest.raises(ValueError, match=f"context {field}={value}: every field must be a finite number"):
+        pol.decide(ctx)
+    assert pol.n_decisions == 0
+    assert pol.decide(_ctx(5.0)).partition in range(7)
+
+
 def test_coverage_and_counters() -> None:
     t = _table(SCORES, LAT, qhat=0.5)
     pol = TablePolicy(t, cost_model(), "M", online="split")
@@ -320,7 +333,7 @@ def test_known_bandwidth_prices_at_the_seen_rate_even_with_quantiles() -> None:
 def test_half_infinite_support_bounds_still_flag_their_finite_side(mode: str) -> None:
     """A feature with one infinite bound is checked on its finite side; only a feature
     with both bounds infinite (the table does not bin it) is never flagged, whatever the
-    value (NaN too: the policy skips such features)."""
+    value (NaN too: decide_row skips such features; decide() refuses a NaN context)."""
     from tests.runtime.test_expected_rule import INSIDE, _random_table
 
     lo = [-math.inf, 0.0, -math.inf, -math.inf, 100.0, -math.inf, 10.0]
@@ -337,7 +350,7 @@ def test_half_infinite_support_bounds_still_flag_their_finite_side(mode: str) ->
     for f, v, out in cases:
         row = list(INSIDE)
         row[f] = v
-        assert ("out_of_support" in pol.decide(Context(*row)).flags) == out, (f, v)
+        assert ("out_of_support" in pol.decide_row(tuple(row)).flags) == out, (f, v)
         if not math.isnan(v):
             assert bool(t.out_of_support(np.array(row))[0]) == out, (f, v)
 
