@@ -255,9 +255,14 @@ def _compare_policies(
         "n_test": int(case.n),
         "policies": pol_metrics,
         "reductions_pct": carbon_reductions(pol_metrics, BASELINES),
-        "coverage_vs_alpha": coverage_vs_alpha(s_cal, s_test),
+        "coverage_vs_alpha": coverage_vs_alpha(s_cal, s_test, block=_events_per_day(case.replay)),
     }
     return metrics, choices, runs, s_test
+
+
+def _events_per_day(rp: Replay) -> int:
+    """A day of the replay's events: the block of the coverage intervals' bootstrap."""
+    return max(1, round(24 * float(rp.meta.get("events_per_hour", 12))))
 
 
 def _str_or_none(path: str | Path | None) -> str | None:
