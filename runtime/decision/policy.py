@@ -93,7 +93,7 @@ class TablePolicy:
             (0: the table's quantiles only).
         table_guard: apply the table's SLO guard (None: in modes M and R, not in mode A,
             whose live chance constraint tests the same thing at the exact context; True in
-            mode A is the rule before 5 Dec 2026, both tests, kept for comparison).
+            mode A is the rule before commit c6f2d4e, both tests, kept for comparison).
 
     Raises:
         ConfigError: `mode`, `online`, `alpha`, `gamma`, `bandwidth_rule` or

@@ -250,7 +250,7 @@ def test_decisions_on_the_set_equal_decisions_on_the_full_row(mode: str, table_g
     """Replays of random contexts with ACI moving the threshold (α from 0.1 to 0.8: large and
     small sets): the policy (live cost of the kept partitions only, cached sets) decides
     exactly as the full-row computation does, flags included. Mode A's guard is its live
-    chance constraint unless table_guard=True adds the table's (the rule before 5 Dec)."""
+    chance constraint unless table_guard=True adds the table's (the rule before c6f2d4e)."""
     from tests.support.cost_fixtures import random_contexts
 
     rng = np.random.default_rng(5)

@@ -120,7 +120,7 @@ def test_mode_a_guards_by_its_live_chance_constraint_not_the_tables_guard() -> N
     """The table's guard drops partition 0 (its latency cell's bound, 900 ms, is over the SLO)
     while the live latency at the bandwidth bound meets it: mode A keeps 0 (its own chance
     constraint at the exact context), with table_guard=True it does not (the rule before
-    5 Dec), and mode M still applies the table's guard."""
+    commit c6f2d4e), and mode M still applies the table's guard."""
     t = _table([[0.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.2]] * 2, [[900] + [10] * 6] * 2, qhat=0.5)
     lat = [200.0, 350.0, 350.0, 350.0, 350.0, 350.0, 250.0]
     j = [0.1, 0.5, 0.5, 0.5, 0.5, 0.5, 1.0]
