@@ -160,7 +160,9 @@ def test_a_context_that_is_not_finite_is_refused_by_name(field, value) -> None:
     pick; decide() names the field instead (the device loop passes its last good reading)."""
     pol = TablePolicy(_table(SCORES, LAT, qhat=0.5), cost_model())
     ctx = Context(**(_ctx(5.0).__dict__ | {field: value}))
-    with pytest.raises(ValueError, match=f"context {field}={value}: every field must be a finite number"):
+    with pytest.raises(
+        ValueError, match=f"context {field}={value}: every field must be a finite number"
+    ):
         pol.decide(ctx)
     assert pol.n_decisions == 0
     assert pol.decide(_ctx(5.0)).partition in range(7)
