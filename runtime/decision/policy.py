@@ -3,7 +3,7 @@
 
 The per-decision path is pure Python over lists prepared at load (no numpy per call); the
 set and guard of a cell at a set size are computed once and looked up after, and mode A
-prices only the partitions that survive the guard (`CostModel.row_expected` with a subset).
+prices only the set's partitions (`CostModel.row_expected` with a subset).
 
 Mode A is risk-neutral inside the set (docs/METHOD.md §7): among the set's partitions whose
 live latency at the pessimistic bandwidth B̂·exp(lower) meets the SLO (its chance
@@ -62,9 +62,9 @@ class TablePolicy:
     does, the fastest there, flagged "slo_guard_relaxed") and picks the lowest expected live
     J among them (`CostModel.row_expected`, J averaged over the bandwidth quantiles
     B̂·exp(r_k); ties to the lowest score). When two or more partitions survive, `mode` picks
-    one: "A" as above, "M" the lowest table score, "R" one uniformly at random. A context outside the table's
-    calibration support (`Table.support`) is flagged "out_of_support"; mode A then applies
-    its rule to every partition, not to the table's set.
+    one: "A" as above, "M" the lowest table score, "R" one uniformly at random. A context
+    outside the table's calibration support (`Table.support`) is flagged "out_of_support";
+    mode A then applies its rule to every partition, not to the table's set.
 
     online: "aci" (default; α_t adapts from each realised context), "weighted" (weighted CP
     from a window of recent contexts, falling back to ACI while its ESS is below the floor
