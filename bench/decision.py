@@ -149,10 +149,34 @@ def main(argv: list[str] | None = None) -> int:
             f"(mode A pricing the full set, q̂ = inf, bandwidth_rule {rule!r}: median "
             f"{med_f:.2f} µs, p99 {p99_f:.2f} µs, ratio {med_q / med_f:.1f}x)"
         )
+    med_g, p99_g = _probe_gate(pol, ctxs)
+    print(
+        f"(the probe gate, only when a probe is due: median {med_g:.2f} µs, p99 {p99_g:.2f} µs, "
+        f"{med_g / med_t:.0f}x a decision; docs/METHOD.md §2.1)"
+    )
     print(
         f"table size: {on_disk} bytes on disk ({len(files)} files), arrays {pol.table.n_bytes()} bytes   target <= 1,000,000"
     )
     return 0
+
+
+def _probe_gate(pol: object, ctxs: list) -> tuple[float, float]:
+    """The probe gate's work when a probe is due (the device loop's `_probe_gate`): the
+    value of measuring the link (VOI over mode A's residual quantiles) and the probe's cost,
+    on the policy's current belief about the link."""
+    from carboncp.runtime.decision.probe_value import probe_value
+    from carboncp.runtime.link.offload import PROBE_BYTES
+
+    res = pol.residuals  # type: ignore[attr-defined]
+    cost = pol.cost  # type: ignore[attr-defined]
+    ns = []
+    clock = time.perf_counter_ns
+    for c in ctxs:
+        row = context_to_row(c)
+        t0 = clock()
+        probe_value(cost, row, res.factors, res.lower_factor, PROBE_BYTES, 20.0)
+        ns.append(clock() - t0)
+    return _stats(ns)
 
 
 def _names(t: object) -> str:
