@@ -3,6 +3,8 @@
 
     python docs/scenarios/headline_ceiling.py [OUT_DIR]   # default $E/out/transfer/headline_7x
 
+(any `carboncp evaluate` output works; RESULTS.md also runs it on default_fast_gb)
+
 Re-runs the scenario of OUT_DIR/metrics.json (written by `carboncp evaluate`, e.g.
 docs/scenarios/transfer.sh's headline_7x) with the same bundle, calibration and test events,
 and prints the carbon saving against local-only and the SLO-violation rate of:
