@@ -301,6 +301,13 @@ def format_table(metrics: dict[str, Any]) -> str:
             f"{name:<16}{m['carbon_g']:>10.3f}{red:>8.1f}%{reg:>9}{m['latency_ms_mean']:>8.1f}{m['latency_ms_p95']:>8.1f}"
             f"{m['slo_violation_rate']:>9.3f}{cov:>7}{size:>6}{m['decision_error_rate']:>6.2f}"
         )
+    for c in metrics.get("coverage_vs_alpha", []):
+        if abs(c["alpha"] - metrics["alpha"]) < 1e-9 and "split_cp_ci95" in c:
+            lo, hi = c["split_cp_ci95"]
+            lines.append(
+                f"split CP test coverage at alpha {c['alpha']:g}: {c['split_cp']:.3f} "
+                f"(95% interval over days {lo:.3f}-{hi:.3f}), ACI {c['aci']:.3f}"
+            )
     if "shift" in metrics:
         s = metrics["shift"]
         lines.append(

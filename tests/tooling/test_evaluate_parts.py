@@ -114,3 +114,21 @@ def test_coverage_rows_carry_their_interval_when_given_a_block() -> None:
         lo, hi = r["split_cp_ci95"]
         assert lo <= r["split_cp"] <= hi and hi - lo < 0.2
     assert "split_cp_ci95" not in coverage_vs_alpha(rng.normal(size=50), rng.normal(size=50))[0]
+
+
+def test_the_printed_summary_gives_split_cps_interval_at_the_runs_alpha() -> None:
+    from carboncp.tooling.evaluate import format_table
+
+    pol = {
+        "carbon_g": 1.0, "latency_ms_mean": 100.0, "latency_ms_p95": 120.0,
+        "slo_violation_rate": 0.0, "coverage": None, "mean_set_size": None,
+        "regret_pct": None, "decision_error_rate": 0.0,
+    }  # fmt: skip
+    cov = [
+        {"alpha": 0.05, "split_cp": 0.96, "aci": 0.95, "split_cp_ci95": [0.95, 0.97]},
+        {"alpha": 0.1, "split_cp": 0.924, "aci": 0.9, "split_cp_ci95": [0.917, 0.933]},
+    ]
+    m = {"alpha": 0.1, "n_test": 10, "policies": {"local_only": pol}, "coverage_vs_alpha": cov}
+    text = format_table(m)
+    assert "split CP test coverage at alpha 0.1: 0.924 (95% interval over days 0.917-0.933)" in text
+    assert "alpha 0.05" not in text
