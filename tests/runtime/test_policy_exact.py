@@ -306,7 +306,7 @@ def test_a_residual_window_of_zero_keeps_the_tables_quantiles() -> None:
 def test_known_bandwidth_prices_at_the_seen_rate_even_with_quantiles() -> None:
     """known_bandwidth: the table's quantiles are ignored, not a fallback; mode A picks the
     least J at the seen rate (row()), no residual window."""
-    from tests.runtime.test_expected_rule import _brute_pick, _random_table
+    from tests.runtime.test_expected_rule import _brute_pick, _random_table, _table_set
 
     t = _random_table(np.random.default_rng(24))
     cm = cost_model()
@@ -320,11 +320,7 @@ def test_known_bandwidth_prices_at_the_seen_rate_even_with_quantiles() -> None:
     for i in range(len(x)):
         row = tuple(float(v) for v in x[i])
         d = pol.decide(Context(*row))
-        cell = pol.index.cell(row)
-        s = pol.scores[cell]
-        cand = [p for p in range(7) if s[p] <= pol.qhat]
-        ok = pol.guard[pol.index.latency_cell(cell)]
-        kept = [p for p in cand if ok[p]] or cand
+        kept, s = _table_set(t, row, pol.qhat)
         if len(kept) > 1:
             priced += 1
             assert d.partition == _brute_pick(cm, row, kept, s, [0.0], 0.0), i
