@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,23 +21,18 @@ from carboncp.runtime.decision.costs import CostModel
 from carboncp.runtime.decision.objective import Objective
 from carboncp.runtime.decision.profile import Profile
 
+from tests.support.cost_fixtures import resnet18_like_profile
+
 U_CURVE = ([0.2, 0.5, 1.0], [1.1, 1.4, 2.1])
 V_CURVE = ([0.1, 0.6, 1.0], [1.05, 1.3, 1.6])
 
 
 def _profile() -> Profile:
-    dm = np.array([0.0, 10.0, 25.0, 42.0, 61.0, 79.0, 82.0])
-    return Profile(
-        device_ms=dm,
-        device_ms_p90=dm * 1.1,
-        server_ms=np.array([8.2, 7.2, 5.7, 4.0, 2.1, 0.3, 0.0]) * 5.0,
-        wire_bytes=[150528, 802816, 802816, 401408, 200704, 100352, 0],
-        return_bytes=[4000, 4000, 4000, 4000, 4000, 4000, 0],
-        p_active_mw=6400.0,
-        p_idle_mw=2700.0,
-        radio="wifi",
-        battery_wh=37.0,
-        server_p_marginal_mw=15000.0,
+    """The shared ResNet-18-like profile with slower tails and load curves that start above 0."""
+    base = resnet18_like_profile(10.0)
+    return replace(
+        base,
+        server_ms=base.server_ms * 10.0,
         device_load_u=U_CURVE[0],
         device_slowdown_g=U_CURVE[1],
         server_load_v=V_CURVE[0],
