@@ -9,6 +9,8 @@ It is SHARED and must be treated as read-only: a test that changes files or the 
 Exporting takes ~25 s, so the bundle is cached under .cache/ keyed by a hash of the code that
 produces it; set CARBONCP_TEST_BUNDLE=DIR to use an existing bundle (the tflite-runtime venv
 does, since it has no torch to export with). Nothing here imports torch at module level.
+
+`broker` (module): a real Mosquitto broker on a free loopback port, for the end-to-end tests.
 """
 
 from __future__ import annotations
@@ -94,3 +96,12 @@ def tiny_bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, dst)
     return dst
+
+
+@pytest.fixture(scope="module")
+def broker():
+    from tests.support.mosquitto import start_mosquitto
+
+    b = start_mosquitto()
+    yield b
+    b.cleanup()

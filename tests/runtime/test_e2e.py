@@ -35,13 +35,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def broker():
-    b = start_mosquitto()
-    yield b
-    b.cleanup()
-
-
-@pytest.fixture(scope="module")
 def server(tiny_bundle):
     srv = ServerProcess(tiny_bundle).start()
     yield srv

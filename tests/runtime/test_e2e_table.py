@@ -20,7 +20,6 @@ from carboncp.runtime.signals.mqtt import CarbonPublisher
 
 from tests.support.edge_server import ServerProcess
 from tests.support.hand_table import add_hand_table, cell_of
-from tests.support.mosquitto import start_mosquitto
 
 DEV, SRV = "PL", "FR"
 pytestmark = pytest.mark.slow
@@ -40,13 +39,6 @@ def server(bundle):
     srv = ServerProcess(bundle).start()
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def broker():
-    b = start_mosquitto()
-    yield b
-    b.cleanup()
 
 
 def _publish(broker, dev: float, srv: float) -> None:
