@@ -72,14 +72,13 @@ class _BinnedResiduals(TablePolicy):
             self.bins[bisect_right(self.EDGES, seen_mbps)].add(r)
 
 
-def _estimator(kind: str) -> Any:
-    """A replacement for the replay's link process whose estimate is `kind` of the same past
-    samples the EWMA averages."""
+def _estimator(kind: str, shipped: Any = contexts._bandwidth) -> Any:
+    """The replay's link process (`contexts._bandwidth`: where in the trace each event falls,
+    the realised rate) with the estimate replaced by `kind` of the past samples the EWMA
+    averages."""
 
     def bandwidth(trace: Any, rng: Any, t: np.ndarray, t0: float, pr: Any) -> tuple:
-        day = ((t - t0) // contexts.DAY_S).astype(np.int64)
-        offsets = rng.uniform(0, trace.duration_s, day.max() + 1)
-        pos = (t - t0) + offsets[day]
+        pos, tx, _ = shipped(trace, rng, t, t0, pr)
         k = np.arange(1, pr.ewma_samples + 1, dtype=np.float64)
         past = trace.at_array(pos[:, None] - k[None, :] * pr.inference_period_s)
         est = {
@@ -87,7 +86,7 @@ def _estimator(kind: str) -> Any:
             "geometric mean": lambda: np.exp(np.mean(np.log(np.maximum(past, 0.01)), axis=1)),
             "last sample": lambda: past[:, 0],
         }[kind]()
-        return pos, trace.at_array(pos), est
+        return pos, tx, est
 
     return bandwidth
 

@@ -123,11 +123,11 @@ def coverage_rows(dirs: list[Path]) -> int:
                 miss.append(f"{k} at {a}{note}")
         n_pass += not miss
 
-        def show(a: float, c: dict) -> str:
+        def show(c: dict) -> str:
             ci = c.get("split_cp_ci95")
             return f"{c['split_cp']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
-        sp = " / ".join(show(a, cov[a]) for a in lv)
+        sp = " / ".join(show(cov[a]) for a in lv)
         ac = " / ".join(f"{cov[a]['aci']:.3f}" for a in lv)
         print(
             f"| {d.name} | {sp} | {ac} | {'PASS' if not miss else 'FAIL (' + ', '.join(miss) + ')'} |"
